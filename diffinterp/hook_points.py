@@ -1,0 +1,289 @@
+"""Hook points bound to the modules of an unmodified transformers DiffusionGemma.
+
+A :class:`StepHookPoint` is a TransformerLens ``HookPoint`` (an identity module) that is *called*
+from a plain torch hook on the HF module that computes its activation. That torch hook (the
+"adapter") is attached only while the hook point has user hooks, so a model with no hooks runs
+exactly the HF code, bit for bit, at full speed.
+
+Each hook point also knows where the run is (``hook.step``, ``hook.block``, ``hook.stack``) through
+a :class:`RunContext` that the sampler updates before every forward pass.
+
+Activation layouts (TransformerLens conventions; ``pos`` is the canvas for the decoder and the
+newly encoded tokens for the encoder, ``kv`` the attended keys: cached prefix + ``pos``):
+
+    hook_embed, resid_*, attn_out, mlp_out, moe_out, ffn_out   [batch, pos, d_model]
+    attn.hook_q, attn.hook_z                                 [batch, pos, n_heads, d_head]
+    attn.hook_k, attn.hook_v                                 [batch, pos, n_kv_heads, d_head]
+    attn.hook_pattern                                        [batch, n_heads, pos, kv]
+    moe.hook_router_probs                                    [batch, pos, n_experts]
+    moe.hook_topk_idx, moe.hook_topk_weights                 [batch, pos, top_k]
+    hook_logits                                              [batch, pos, d_vocab]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformer_lens.hook_points import HookPoint
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+from transformers.models.diffusion_gemma.modeling_diffusion_gemma import eager_attention_forward, repeat_kv
+
+# Name of the attention implementation that exposes attention patterns to hooks.
+HOOKED_EAGER = "diffinterp_eager"
+_PATTERN_ATTR = "_diffinterp_pattern_hook"
+
+
+@dataclass
+class RunContext:
+    """Where a run is: set by the sampler before each forward pass, read by hook points.
+
+    ``step`` is None for encoder passes (they run once per block, not per denoising step).
+    """
+
+    stack: str | None = None
+    block: int | None = None
+    step: int | None = None
+
+
+class StepHookPoint(HookPoint):
+    """A TransformerLens ``HookPoint`` that knows its denoising step and attaches lazily.
+
+    ``attach(hook_point)`` installs the torch hooks on the HF module(s) and returns their handles;
+    it runs when the first user hook is added and is undone when the last one is removed.
+    """
+
+    def __init__(
+        self,
+        context: RunContext,
+        attach: Callable[[StepHookPoint], list[Any]],
+        *,
+        pos_dim: int = 1,
+        on_attach_change: Callable[[StepHookPoint, bool], None] | None = None,
+    ):
+        super().__init__()
+        self._context = context
+        self._attach = attach
+        self._handles: list[Any] | None = None
+        self._on_attach_change = on_attach_change
+        self.pos_dim = pos_dim
+
+    @property
+    def step(self) -> int | None:
+        return self._context.step
+
+    @property
+    def block(self) -> int | None:
+        return self._context.block
+
+    @property
+    def stack(self) -> str | None:
+        return self._context.stack
+
+    @property
+    def is_attached(self) -> bool:
+        return self._handles is not None
+
+    def add_hook(self, hook, dir="fwd", is_permanent=False, level=None, prepend=False, alias_names=None):
+        handle = super().add_hook(
+            hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend, alias_names=alias_names
+        )
+        self._sync_adapter()
+        return handle
+
+    def remove_hooks(self, dir="fwd", including_permanent=False, level=None) -> None:
+        super().remove_hooks(dir, including_permanent=including_permanent, level=level)
+        self._sync_adapter()
+
+    def _sync_adapter(self) -> None:
+        wanted = bool(self.fwd_hooks or self.bwd_hooks)
+        if wanted and self._handles is None:
+            if self._on_attach_change is not None:
+                self._on_attach_change(self, True)
+            self._handles = self._attach(self)
+        elif not wanted and self._handles is not None:
+            for handle in self._handles:
+                handle.remove()
+            self._handles = None
+            if self._on_attach_change is not None:
+                self._on_attach_change(self, False)
+
+
+def check_replacement(hook_point: HookPoint, original: torch.Tensor, new: Any) -> torch.Tensor:
+    """Validate a hook's replacement: a tensor of the same shape (and a castable dtype)."""
+    if not isinstance(new, torch.Tensor):
+        raise TypeError(
+            f"hook on '{hook_point.name}' returned {type(new).__name__}; return a tensor of shape "
+            f"{tuple(original.shape)} to replace the activation, or None to leave it unchanged"
+        )
+    if new.shape != original.shape:
+        raise ValueError(
+            f"hook on '{hook_point.name}' returned shape {tuple(new.shape)}; expected {tuple(original.shape)} "
+            f"(the activation's shape)"
+        )
+    if new.dtype != original.dtype:
+        if original.dtype.is_floating_point != new.dtype.is_floating_point:
+            raise TypeError(
+                f"hook on '{hook_point.name}' returned dtype {new.dtype}; expected {original.dtype}"
+            )
+        new = new.to(original.dtype)
+    if new.device != original.device:
+        new = new.to(original.device)
+    return new
+
+
+def _fire(hook_point: HookPoint, activation: torch.Tensor) -> torch.Tensor | None:
+    """Run the hook point's user hooks; the validated replacement, or None if unchanged."""
+    result = hook_point(activation)
+    if result is activation:
+        return None
+    return check_replacement(hook_point, activation, result)
+
+
+# ---------------------------------------------------------------------------------------------
+# Adapters: each returns ``attach(hook_point) -> [handles]``.
+
+
+def output_adapter(module: nn.Module, view: Callable | None = None, unview: Callable | None = None):
+    """Hook a module's output tensor (optionally reshaped by ``view`` for the hook)."""
+
+    def attach(hook_point: HookPoint) -> list[Any]:
+        def forward_hook(_module, _args, output):
+            activation = view(output) if view is not None else output
+            new = _fire(hook_point, activation)
+            if new is None:
+                return None
+            return unview(new, output) if unview is not None else new
+
+        return [module.register_forward_hook(forward_hook)]
+
+    return attach
+
+
+def input_adapter(module: nn.Module, index: int, kwarg: str, *, in_place: bool = False, view=None, unview=None):
+    """Hook one input of a module (positional ``index`` or keyword ``kwarg``).
+
+    ``in_place=True`` writes a replacement into the input tensor itself: needed where the HF layer
+    keeps the same tensor in a local variable for later use (the residual stream at ``resid_mid``),
+    so a replacement must reach every reader of it, not only this module.
+    """
+
+    def attach(hook_point: HookPoint) -> list[Any]:
+        def pre_hook(_module, args, kwargs):
+            original = kwargs[kwarg] if kwarg in kwargs else args[index]
+            activation = view(original) if view is not None else original
+            new = _fire(hook_point, activation)
+            if new is None:
+                return None
+            new = unview(new, original) if unview is not None else new
+            if in_place:
+                original.copy_(new)
+                return None
+            if kwarg in kwargs:
+                return args, {**kwargs, kwarg: new}
+            return (*args[:index], new, *args[index + 1 :]), kwargs
+
+        return [module.register_forward_pre_hook(pre_hook, with_kwargs=True)]
+
+    return attach
+
+
+def heads_view(tensor: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """[batch, pos, n_heads * d_head] -> [batch, pos, n_heads, d_head]."""
+    return tensor.view(*tensor.shape[:-1], n_heads, tensor.shape[-1] // n_heads)
+
+
+def router_adapter(layer: nn.Module, router: nn.Module, output_index: int):
+    """Hook one of the router's outputs (probs, top-k weights, top-k indices), as [batch, pos, ·].
+
+    The router sees flattened tokens; the layer's input shape (recorded by a pre-hook) restores
+    the batch and position axes.
+    """
+
+    def attach(hook_point: HookPoint) -> list[Any]:
+        layer_shape: dict[str, torch.Size] = {}
+
+        def record_shape(_module, args, kwargs):
+            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            layer_shape["shape"] = hidden.shape
+
+        def forward_hook(_module, _args, output):
+            batch, pos = layer_shape["shape"][:2]
+            flat = output[output_index]
+            new = _fire(hook_point, flat.view(batch, pos, flat.shape[-1]))
+            if new is None:
+                return None
+            parts = list(output)
+            parts[output_index] = new.reshape(flat.shape)
+            return tuple(parts)
+
+        return [
+            layer.register_forward_pre_hook(record_shape, with_kwargs=True),
+            router.register_forward_hook(forward_hook),
+        ]
+
+    return attach
+
+
+class _AttributeHandle:
+    """A removable handle for a hook stored as a module attribute."""
+
+    def __init__(self, module: nn.Module, name: str):
+        self.module, self.name = module, name
+
+    def remove(self) -> None:
+        if hasattr(self.module, self.name):
+            delattr(self.module, self.name)
+
+
+def pattern_adapter(attention: nn.Module):
+    """Hook the attention pattern; it is computed only by the hooked eager implementation."""
+
+    def attach(hook_point: HookPoint) -> list[Any]:
+        object.__setattr__(attention, _PATTERN_ATTR, lambda pattern: _fire(hook_point, pattern))
+        return [_AttributeHandle(attention, _PATTERN_ATTR)]
+
+    return attach
+
+
+def logits_adapter(model: nn.Module):
+    """Hook the soft-capped logits of the top-level model's output."""
+
+    def attach(hook_point: HookPoint) -> list[Any]:
+        def forward_hook(_module, _args, output):
+            new = _fire(hook_point, output.logits)
+            if new is None:
+                return None
+            output.logits = new
+            return output
+
+        return [model.register_forward_hook(forward_hook)]
+
+    return attach
+
+
+def hooked_eager_attention(module, query, key, value, attention_mask, **kwargs):
+    """transformers' eager attention, with the pattern exposed to a hook point.
+
+    With no pattern hook it is ``eager_attention_forward`` itself; a replaced pattern is applied
+    to the same (repeated) values the eager code uses.
+    """
+    output, weights = eager_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    pattern_hook = getattr(module, _PATTERN_ATTR, None)
+    if pattern_hook is None:
+        return output, weights
+    new = pattern_hook(weights)
+    if new is None:
+        return output, weights
+    values = repeat_kv(value, module.num_key_value_groups)
+    output = torch.matmul(new.to(values.dtype), values).transpose(1, 2).contiguous()
+    return output, new
+
+
+# Registering a named implementation is transformers' extension point for attention kernels.
+AttentionInterface.register(HOOKED_EAGER, hooked_eager_attention)
+AttentionMaskInterface.register(HOOKED_EAGER, eager_mask)

@@ -1,0 +1,490 @@
+"""The instrumented denoising loop: ``DiffusionGemmaForBlockDiffusion.generate``, step by step.
+
+The loop below follows transformers' ``generate`` line for line and calls the model's own helpers
+(``_prepare_*``, ``_denoising_step``, ``_finalize_canvas``), so it makes the same random draws in
+the same order and returns the same ``sequences``. What it adds:
+
+- the run context (stack, block, step) that hook points report;
+- a record of every step (canvas in, sampled, argmax, accepted, entropy, optionally logits);
+- the encoder KV cache and masks of every block, so any single step can be re-run exactly;
+- ``bottleneck=``: what the next step's self-conditioning receives. ``continuous`` is the model's
+  own signal (the tempered logits); the others pass it through an interpretable token bottleneck,
+  expressed as logits whose softmax is the bottlenecked distribution:
+  ``argmax`` (one-hot of each position's argmax), ``topk:K`` (top-K renormalised), ``sample``
+  (one-hot of the sampled token), ``none`` (zero signal, as at a block's first step).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from diffinterp.trajectory import BlockRecord, BlockRuntime, StepRecord, Trajectory
+
+BOTTLENECK_MODES = ("continuous", "argmax", "topk:K", "sample", "none")
+
+
+@dataclass(frozen=True)
+class Bottleneck:
+    """A self-conditioning bottleneck mode (see the module docstring)."""
+
+    mode: str
+    k: int | None = None
+
+    @classmethod
+    def parse(cls, spec: str | Bottleneck) -> Bottleneck:
+        if isinstance(spec, Bottleneck):
+            return spec
+        if not isinstance(spec, str):
+            raise TypeError(f"bottleneck must be a string, one of {', '.join(BOTTLENECK_MODES)}; got {spec!r}")
+        if spec in ("continuous", "argmax", "sample", "none"):
+            return cls(spec)
+        if spec.startswith("topk:"):
+            value = spec.split(":", 1)[1]
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"bottleneck '{spec}': K must be a positive integer, as in 'topk:5'")
+            return cls("topk", int(value))
+        raise ValueError(f"unknown bottleneck '{spec}'; valid modes: {', '.join(BOTTLENECK_MODES)}")
+
+    def __str__(self) -> str:
+        return f"topk:{self.k}" if self.mode == "topk" else self.mode
+
+    @property
+    def feeds_signal(self) -> bool:
+        """Whether the decoder receives self-conditioning logits at all."""
+        return self.mode != "none"
+
+
+def one_hot_logits(tokens: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Logits (0 at ``tokens``, -inf elsewhere) whose softmax is exactly the one-hot of ``tokens``."""
+    logits = torch.full_like(like, float("-inf"))
+    return logits.scatter_(-1, tokens.unsqueeze(-1), 0.0)
+
+
+def top_k_logits(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep each position's ``k`` largest logits and set the rest to -inf (softmax renormalises)."""
+    k = min(k, logits.shape[-1])
+    values, indices = torch.topk(logits, k, dim=-1)
+    return torch.full_like(logits, float("-inf")).scatter_(-1, indices, values)
+
+
+def apply_bottleneck(
+    bottleneck: Bottleneck,
+    signal: torch.Tensor,
+    previous: torch.Tensor | None,
+    sampled: torch.Tensor,
+    argmax: torch.Tensor,
+    finished_before: torch.Tensor,
+) -> torch.Tensor:
+    """The self-conditioning logits the next step receives.
+
+    ``signal`` is what transformers passes on (tempered logits, frozen for finished rows);
+    rows that had finished before this step keep their ``previous`` signal, as in transformers.
+    """
+    if bottleneck.mode in ("continuous", "none"):
+        return signal
+    if bottleneck.mode == "argmax":
+        new = one_hot_logits(argmax, signal)
+    elif bottleneck.mode == "sample":
+        new = one_hot_logits(sampled, signal)
+    else:
+        new = top_k_logits(signal, bottleneck.k)
+    if previous is not None and finished_before.any():
+        new = torch.where(finished_before[:, None, None], previous, new)
+    return new
+
+
+def snapshot_cache(cache: Any) -> Any:
+    """A copy of a KV cache as it is now, unaffected by later encoder passes.
+
+    Dynamic caches replace (never mutate) their key/value tensors, so copying the layer objects
+    is enough and costs no memory; static caches are written in place and are cloned.
+    """
+    if getattr(cache, "is_compileable", False):
+        return copy.deepcopy(cache)
+    snapshot = copy.copy(cache)
+    snapshot.layers = [copy.copy(layer) for layer in cache.layers]
+    return snapshot
+
+
+def temperature_at(generation_config, hf_step: int) -> float:
+    """The schedule's temperature at transformers' countdown step (as its logits processor computes it)."""
+    if generation_config.t_min is None or generation_config.t_max is None:
+        return 1.0
+    cur = torch.tensor(hf_step, dtype=torch.int32)
+    t_min, t_max, n = generation_config.t_min, generation_config.t_max, generation_config.max_denoising_steps
+    return float(t_min + ((t_max - t_min) * (cur / n)))
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Per-position entropy, as the entropy-bound sampler computes it."""
+    return torch.distributions.Categorical(logits=logits).entropy()
+
+
+def resolve_run_limits(model, prompt_len: int, generation_config=None, **kwargs) -> tuple[int, int]:
+    """(max denoising steps per block, max number of blocks) for these generation arguments."""
+    own = {"bottleneck", "record_logits", "logits_device", "logits_dtype", "progress", "attention_mask"}
+    config, _ = model._prepare_generation_config(
+        generation_config, **{k: v for k, v in kwargs.items() if k not in own}
+    )
+    _, max_new_tokens = model._prepare_generated_length(config, prompt_len)
+    return config.max_denoising_steps, math.ceil(max_new_tokens / model.config.canvas_length)
+
+
+class _StepCapture:
+    """Collects what transformers' denoising step computes internally: raw logits, samples, mask."""
+
+    def __init__(self, sampler, bottleneck: Bottleneck):
+        self.bottleneck = bottleneck
+        self.values: dict[str, torch.Tensor] = {}
+        self._accept = sampler.accept_canvas
+        sampler.accept_canvas = self.accept_canvas
+
+    def accept_canvas(self, current_canvas, denoiser_canvas, logits, cur_step):
+        accepted = self._accept(current_canvas, denoiser_canvas, logits, cur_step)
+        self.values["sampled"] = denoiser_canvas
+        self.values["entropy"] = token_entropy(logits)
+        return accepted
+
+    def decoder_forward(self, model) -> Callable[..., Any]:
+        def forward(**kwargs):
+            if not self.bottleneck.feeds_signal:
+                kwargs["self_conditioning_logits"] = None
+            output = model(**kwargs)  # __call__, so hooks on the top-level module fire
+            self.values["logits"] = output.logits
+            return output
+
+        return forward
+
+
+def sample(
+    hm,
+    input_ids: torch.LongTensor,
+    past_key_values=None,
+    streamer=None,
+    generation_config=None,
+    logits_processor=None,
+    stopping_criteria=None,
+    *,
+    bottleneck: str | Bottleneck = "continuous",
+    record_logits: bool = False,
+    logits_device: str | torch.device | None = None,
+    logits_dtype: torch.dtype | None = None,
+    progress: bool = False,
+    **kwargs,
+) -> Trajectory:
+    """Generate like ``hm.model.generate`` and record the trajectory (see the module docstring).
+
+    ``record_logits`` keeps every step's raw logits (on ``logits_device`` as ``logits_dtype``);
+    ``progress`` shows a progress bar over denoising steps.
+    """
+    model = hm.model
+    context = hm.context
+    bottleneck = Bottleneck.parse(bottleneck)
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise ValueError("input_ids must be a LongTensor [batch, prompt_len] (or prompt strings with a tokenizer)")
+    if kwargs.get("attention_mask", 0) is None:
+        kwargs.pop("attention_mask")
+
+    # 0. Input preparation (as in transformers' generate)
+    generation_config, model_kwargs = model._prepare_generation_config(generation_config, **kwargs)
+    batch_size, cur_len = input_ids.shape
+    initial_input_ids_len = cur_len
+    if past_key_values is not None:
+        cur_len += past_key_values.get_seq_length()
+    max_length, max_new_tokens = model._prepare_generated_length(generation_config, cur_len)
+    canvas_length = model.config.canvas_length
+    max_new_canvases = math.ceil(max_new_tokens / canvas_length)
+    if past_key_values is not None and generation_config.cache_implementation is not None:
+        raise ValueError("Cannot provide both `past_key_values` and `generation_config.cache_implementation`.")
+    hm.check_targets(generation_config.max_denoising_steps, max_new_canvases)
+
+    device = input_ids.device
+    eos_tensor = None
+    finished_sequences = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    decoder_forward_passes = torch.zeros(batch_size, dtype=torch.int, device=device)
+    if past_key_values is None:
+        past_key_values = model._prepare_cache_for_generation(
+            generation_config=generation_config, batch_size=batch_size, max_length=max_length
+        )
+    if generation_config.eos_token_id is not None:
+        eos_tensor = torch.tensor(generation_config.eos_token_id, device=input_ids.device)
+    encoder_position_ids = torch.arange(
+        cur_len - input_ids.shape[1], cur_len, dtype=torch.int32, device=input_ids.device
+    ).unsqueeze(0)
+    decoder_position_ids = torch.arange(
+        cur_len, cur_len + canvas_length, dtype=torch.int32, device=input_ids.device
+    ).unsqueeze(0)
+    if "attention_mask" in kwargs:
+        if len(model_kwargs["attention_mask"].shape) > 2:
+            raise ValueError("`attention_mask` passed to `generate` must be 2D.")
+        attention_mask = model_kwargs.pop("attention_mask").bool()
+    else:
+        attention_mask = torch.ones((batch_size, cur_len), dtype=torch.bool, device=input_ids.device)
+    prompt_mask = attention_mask.clone()
+    decoder_attention_mask = torch.nn.functional.pad(attention_mask, (0, canvas_length), value=True)
+
+    sampler = model._prepare_sampler(generation_config)
+    logits_processor = model._prepare_logits_processor(generation_config, logits_processor)
+    stopping_criteria = model._prepare_ar_stopping_criteria(generation_config, stopping_criteria)
+    diffusion_stopping_criteria = model._prepare_diffusion_stopping_criteria(generation_config)
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
+    capture = _StepCapture(sampler, bottleneck)
+    decoder_forward = capture.decoder_forward(model)
+    embeddings_dtype = model.model.decoder.embed_tokens.weight.dtype
+    prompt_ids = input_ids.clone()
+
+    bar = _progress_bar(progress, max_new_canvases * generation_config.max_denoising_steps)
+    blocks: list[BlockRecord] = []
+    is_prefill = True
+    try:
+        for block in range(max_new_canvases):
+            # 1.a. Encode all previous tokens into the KV cache.
+            unprocessed_input_ids, encoder_mask_mapping = model._prepare_encoder_inputs(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                encoder_position_ids=encoder_position_ids,
+                past_key_values=past_key_values,
+                is_prefill=is_prefill,
+                canvas_length=canvas_length,
+                batch_size=batch_size,
+                **model_kwargs,
+            )
+            context.stack, context.block, context.step = "encoder", block, None
+            encoder_outputs = model.model.encoder(
+                input_ids=unprocessed_input_ids,
+                attention_mask=encoder_mask_mapping,
+                past_key_values=past_key_values,
+                position_ids=encoder_position_ids,
+                **model_kwargs,
+            )
+            past_key_values = encoder_outputs.past_key_values
+            is_prefill = False
+
+            # 1.b. Prepare the denoising loop.
+            initial_self_conditioning = model_kwargs.get("self_conditioning_logits")
+            current_canvas, self_conditioning_logits, mask_mapping, finished_denoising = (
+                model._prepare_denoiser_inputs(
+                    decoder_attention_mask=decoder_attention_mask,
+                    past_key_values=past_key_values,
+                    sampler=sampler,
+                    diffusion_stopping_criteria=diffusion_stopping_criteria,
+                    batch_size=batch_size,
+                    device=device,
+                    model_kwargs=model_kwargs,
+                )
+            )
+            argmax_canvas = current_canvas
+            runtime = BlockRuntime(
+                past_key_values=snapshot_cache(past_key_values),
+                mask_mapping=mask_mapping,
+                decoder_position_ids=decoder_position_ids,
+                input_ids=input_ids,
+                logits_processor=logits_processor,
+                initial_self_conditioning=initial_self_conditioning,
+                model_kwargs=dict(model_kwargs),
+            )
+            record = BlockRecord(block, input_ids.shape[1], [], current_canvas, runtime)
+            blocks.append(record)
+
+            # 1.c. Denoising steps (transformers counts cur_step down from N to 1).
+            for step, cur_step in enumerate(reversed(range(1, generation_config.max_denoising_steps + 1))):
+                decoder_forward_passes += ~(finished_denoising | finished_sequences)
+                finished_before = finished_denoising.clone()
+                canvas_in, signal_in = current_canvas, self_conditioning_logits
+                context.stack, context.block, context.step = "decoder", block, step
+                current_canvas, argmax_canvas, signal, finished_denoising = model._denoising_step(
+                    decoder_forward=decoder_forward,
+                    current_canvas=current_canvas,
+                    argmax_canvas=argmax_canvas,
+                    input_ids=input_ids,
+                    decoder_position_ids=decoder_position_ids,
+                    self_conditioning_logits=self_conditioning_logits,
+                    mask_mapping=mask_mapping,
+                    past_key_values=past_key_values,
+                    finished_denoising=finished_denoising,
+                    cur_step=cur_step,
+                    sampler=sampler,
+                    logits_processor=logits_processor,
+                    diffusion_stopping_criteria=diffusion_stopping_criteria,
+                    **model_kwargs,
+                )
+                sampled = capture.values["sampled"]
+                self_conditioning_logits = apply_bottleneck(
+                    bottleneck, signal, signal_in, sampled, argmax_canvas, finished_before
+                )
+                logits = None
+                if record_logits:
+                    logits = capture.values["logits"].detach().to(device=logits_device, dtype=logits_dtype, copy=True)
+                record.steps.append(
+                    StepRecord(
+                        step=step,
+                        hf_step=cur_step,
+                        temperature=temperature_at(generation_config, cur_step),
+                        canvas_in=canvas_in,
+                        sampled=sampled,
+                        argmax=argmax_canvas,
+                        accepted=sampler.accepted_token_mask.clone(),
+                        canvas_out=current_canvas,
+                        entropy=capture.values["entropy"],
+                        active=~finished_before,
+                        logits=logits,
+                    )
+                )
+                bar.update(1)
+                if streamer is not None and hasattr(streamer, "put_draft"):
+                    streamer_kwargs = {"value": argmax_canvas.cpu()}
+                    if getattr(streamer, "_takes_logits", False):
+                        streamer_kwargs = {"logits": signal.cpu()}
+                    streamer.put_draft(**streamer_kwargs)
+                if torch.all(finished_denoising):
+                    break
+            bar.update(generation_config.max_denoising_steps - record.n_steps)
+
+            # 1.d./1.e. Append the argmax canvas; stop and pad finished rows.
+            input_ids = torch.cat([input_ids, argmax_canvas], dim=-1)
+            input_ids, finished_sequences = model._finalize_canvas(
+                input_ids=input_ids,
+                finished_sequences=finished_sequences,
+                generation_config=generation_config,
+                stopping_criteria=stopping_criteria,
+                canvas_length=canvas_length,
+                eos_tensor=eos_tensor,
+            )
+            record.final_canvas = input_ids[:, -canvas_length:].clone()
+            if streamer is not None:
+                streamer.put(input_ids[:, -canvas_length:].cpu())
+            if torch.all(finished_sequences):
+                break
+
+            # 1.f. Prepare the next block.
+            cur_len, decoder_attention_mask, attention_mask, encoder_position_ids, decoder_position_ids = (
+                model._prepare_kwargs_for_next_canvas(
+                    attention_mask=attention_mask,
+                    decoder_attention_mask=decoder_attention_mask,
+                    decoder_position_ids=decoder_position_ids,
+                    canvas_length=canvas_length,
+                    cur_len=cur_len,
+                )
+            )
+    finally:
+        context.stack = context.block = context.step = None
+        bar.close()
+    if streamer is not None:
+        streamer.end()
+
+    tokens_per_forward = model._compute_tokens_per_forward(
+        input_ids, decoder_forward_passes, initial_input_ids_len, generation_config.pad_token_id
+    )
+    return Trajectory(
+        prompt_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        sequences=input_ids,
+        blocks=blocks,
+        bottleneck=str(bottleneck),
+        generation=_generation_summary(generation_config, max_new_tokens, embeddings_dtype),
+        canvas_length=canvas_length,
+        tokens_per_forward=tokens_per_forward,
+    )
+
+
+def _generation_summary(config, max_new_tokens: int, embeddings_dtype: torch.dtype) -> dict[str, Any]:
+    sampler_config = config.sampler_config
+    return {
+        "max_new_tokens": max_new_tokens,
+        "max_denoising_steps": config.max_denoising_steps,
+        "entropy_bound": getattr(sampler_config, "entropy_bound", None),
+        "t_min": config.t_min,
+        "t_max": config.t_max,
+        "stability_threshold": config.stability_threshold,
+        "confidence_threshold": config.confidence_threshold,
+        "eos_token_id": config.eos_token_id,
+        "pad_token_id": config.pad_token_id,
+        "embeddings_dtype": str(embeddings_dtype).removeprefix("torch."),
+    }
+
+
+class _NoBar:
+    def update(self, _n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(enabled: bool, total: int):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="denoising", unit="step")
+
+
+# ---------------------------------------------------------------------------------------------
+# Re-running single steps
+
+
+def _runtime(trajectory: Trajectory, block: int) -> BlockRuntime:
+    record = trajectory.block(block)
+    if record.runtime is None:
+        raise ValueError(
+            "this trajectory has no runtime state (it was loaded from disk): call "
+            "hm.restore_runtime(trajectory) to rebuild its KV caches before re-running steps"
+        )
+    return record.runtime
+
+
+def self_conditioning_inputs(hm, trajectory: Trajectory, block: int, upto: int) -> list[torch.Tensor | None]:
+    """The self-conditioning logits fed to steps 0..``upto`` of ``block`` (bookkeeping signal).
+
+    Built from the recorded float32 logits where present; otherwise by re-running the earlier
+    steps of the block on their recorded canvases (teacher-forced, no sampling).
+    """
+    record = trajectory.block(block)
+    trajectory.step(block, upto)
+    runtime = _runtime(trajectory, block)
+    bottleneck = Bottleneck.parse(trajectory.bottleneck)
+    dtype = getattr(torch, trajectory.generation["embeddings_dtype"])
+    signals: list[torch.Tensor | None] = [runtime.initial_self_conditioning]
+    for step in record.steps[:upto]:
+        previous = signals[-1]
+        logits = step.logits
+        if logits is None or logits.dtype != torch.float32:
+            kwargs = _decoder_kwargs(runtime, step.canvas_in, previous, bottleneck)
+            with torch.no_grad():
+                logits = hm.model(**kwargs).logits
+        logits = logits.to(step.canvas_in.device)
+        processed = runtime.logits_processor(
+            runtime.input_ids, logits, cur_step=torch.tensor(step.hf_step, dtype=torch.int32, device=logits.device)
+        )
+        finished_before = ~step.active
+        if previous is not None and finished_before.any():
+            processed = torch.where(finished_before[:, None, None], previous, processed)
+        signal = processed.to(dtype)
+        signals.append(apply_bottleneck(bottleneck, signal, previous, step.sampled, step.argmax, finished_before))
+    return signals
+
+
+def _decoder_kwargs(runtime: BlockRuntime, canvas: torch.Tensor, signal, bottleneck: Bottleneck) -> dict[str, Any]:
+    return {
+        "decoder_input_ids": canvas.clone(),
+        "self_conditioning_logits": signal if bottleneck.feeds_signal else None,
+        "decoder_attention_mask": runtime.mask_mapping,
+        "past_key_values": snapshot_cache(runtime.past_key_values),
+        "decoder_position_ids": runtime.decoder_position_ids,
+        **runtime.model_kwargs,
+    }
+
+
+def step_inputs(hm, trajectory: Trajectory, block: int, step: int) -> dict[str, Any]:
+    """Keyword arguments for ``hm.model(**kwargs)`` that re-run one recorded step exactly."""
+    record = trajectory.step(block, step)
+    runtime = _runtime(trajectory, block)
+    signal = self_conditioning_inputs(hm, trajectory, block, step)[step]
+    return _decoder_kwargs(runtime, record.canvas_in, signal, Bottleneck.parse(trajectory.bottleneck))
