@@ -16,6 +16,7 @@ tensor replaces the activation.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -242,7 +243,7 @@ class HookedDiffusionGemma(HookedRootModule):
         return list(self.hook_dict)
 
     def resolve_names(self, names: NameOrFilter | None) -> list[str]:
-        """Hook names selected by a name, a list of names, a predicate, or None (all).
+        """Hook names selected by a name, a glob pattern, a list of these, a predicate, or None (all).
 
         Unknown names raise a ``KeyError`` naming the closest valid names.
         """
@@ -255,10 +256,18 @@ class HookedDiffusionGemma(HookedRootModule):
             return selected
         if isinstance(names, str):
             names = [names]
+        selected: list[str] = []
         for name in names:
-            if name not in self.hook_dict:
+            if any(char in name for char in "*?["):
+                matches = fnmatch.filter(self.hook_names, name)
+                if not matches:
+                    raise KeyError(f"pattern '{name}' matched no hook point; see `diffinterp hooks` for the names")
+                selected.extend(matches)
+            elif name in self.hook_dict:
+                selected.append(name)
+            else:
                 raise KeyError(self._unknown_name_message(name))
-        return list(names)
+        return list(dict.fromkeys(selected))
 
     def _unknown_name_message(self, name: str) -> str:
         close = difflib.get_close_matches(name, self.hook_names, n=3, cutoff=0.6)

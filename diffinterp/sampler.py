@@ -128,7 +128,7 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 def resolve_run_limits(model, prompt_len: int, generation_config=None, **kwargs) -> tuple[int, int]:
     """(max denoising steps per block, max number of blocks) for these generation arguments."""
-    own = {"bottleneck", "record_logits", "logits_device", "logits_dtype", "progress", "attention_mask"}
+    own = {"bottleneck", "record_logits", "logits_device", "logits_dtype", "progress", "enable_grad", "attention_mask"}
     config, _ = model._prepare_generation_config(
         generation_config, **{k: v for k, v in kwargs.items() if k not in own}
     )
@@ -176,13 +176,39 @@ def sample(
     logits_device: str | torch.device | None = None,
     logits_dtype: torch.dtype | None = None,
     progress: bool = False,
+    enable_grad: bool = False,
     **kwargs,
 ) -> Trajectory:
     """Generate like ``hm.model.generate`` and record the trajectory (see the module docstring).
 
     ``record_logits`` keeps every step's raw logits (on ``logits_device`` as ``logits_dtype``);
-    ``progress`` shows a progress bar over denoising steps.
+    ``progress`` shows a progress bar over denoising steps; ``enable_grad`` keeps autograd on
+    (as transformers' generate does not), for gradient-based instruments.
     """
+    with torch.set_grad_enabled(enable_grad):
+        return _sample(
+            hm, input_ids, past_key_values, streamer, generation_config, logits_processor, stopping_criteria,
+            bottleneck=bottleneck, record_logits=record_logits, logits_device=logits_device,
+            logits_dtype=logits_dtype, progress=progress, **kwargs,
+        )
+
+
+def _sample(
+    hm,
+    input_ids,
+    past_key_values,
+    streamer,
+    generation_config,
+    logits_processor,
+    stopping_criteria,
+    *,
+    bottleneck,
+    record_logits,
+    logits_device,
+    logits_dtype,
+    progress,
+    **kwargs,
+) -> Trajectory:
     model = hm.model
     context = hm.context
     bottleneck = Bottleneck.parse(bottleneck)

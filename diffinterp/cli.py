@@ -1,0 +1,176 @@
+"""The ``diffinterp`` command.
+
+    diffinterp demo [--model PATH] [--prompt TEXT] [--out DIR]
+    diffinterp hooks [--config real|tiny|PATH] [--batch B] [--prompt-len T] [--block K]
+    diffinterp run --prompt TEXT --cache NAMES --out FILE [--model PATH] [--trajectory FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+
+def _add_generation_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="HF DiffusionGemma folder (default: the bundled checkpoint)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="tokens to generate (default: checkpoint's)")
+    parser.add_argument("--steps", type=int, default=None, help="max denoising steps per canvas")
+    parser.add_argument("--bottleneck", default="continuous", help="continuous | argmax | topk:K | sample | none")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _generation_kwargs(args) -> dict:
+    kwargs = {"bottleneck": args.bottleneck}
+    if args.max_new_tokens is not None:
+        kwargs["max_new_tokens"] = args.max_new_tokens
+    if args.steps is not None:
+        kwargs["max_denoising_steps"] = args.steps
+    return kwargs
+
+
+def _prompt_ids(hm, prompt: str | None):
+    if hm.tokenizer is None:
+        raise SystemExit("this checkpoint has no tokenizer; give a folder with tokenizer files")
+    return hm.to_tokens(prompt if prompt is not None else default_prompt(hm))
+
+
+def default_prompt(hm) -> str:
+    """A prompt the bundled checkpoint knows (its generation config may name one)."""
+    return getattr(hm.model.generation_config, "demo_prompt", None) or "a=3 b=a+4 c=b*2 ? c"
+
+
+def _decode(hm, tokens) -> str:
+    if hm.tokenizer is None:
+        return " ".join(str(int(t)) for t in tokens)
+    return " ".join(hm.tokenizer.convert_ids_to_tokens([int(t) for t in tokens]))
+
+
+# ------------------------------------------------------------------------------------- commands
+def cmd_demo(args) -> int:
+    """Generate on the bundled (or given) model, print each step's argmax canvas, write figures."""
+    from diffinterp.model import load_model
+    from diffinterp.plotting import canvas_evolution, entropy_heatmap, save_figure
+
+    hm = load_model(args.model)
+    input_ids, attention_mask = _prompt_ids(hm, args.prompt)
+    torch.manual_seed(args.seed)
+    trajectory = hm.generate(input_ids, attention_mask=attention_mask, progress=True, **_generation_kwargs(args))
+    print(f"prompt: {args.prompt or default_prompt(hm)}")
+    for record in trajectory.blocks:
+        print(f"block {record.block} ({record.n_steps} steps)")
+        for step in record.steps:
+            print(f"  step {step.step:3d}  T={step.temperature:.3f}  {_decode(hm, step.argmax[0])}")
+    print(f"output: {_decode(hm, trajectory.new_tokens()[0])}")
+    out = Path(args.out)
+    written = []
+    for record in trajectory.blocks:
+        written += save_figure(canvas_evolution(trajectory, record.block, 0, hm.tokenizer), out / f"canvas_evolution_block{record.block}")
+        written += save_figure(entropy_heatmap(trajectory, record.block, 0), out / f"entropy_heatmap_block{record.block}")
+    trajectory.save(out / "trajectory.safetensors")
+    print("wrote " + ", ".join(str(p) for p in written + [out / "trajectory.safetensors"]))
+    return 0
+
+
+def cmd_hooks(args) -> int:
+    """List every hook point with its shape."""
+    from diffinterp.hooks import HookedDiffusionGemma
+    from diffinterp.model import load_hf_model, meta_model, real_config, tiny_config
+
+    if args.config == "real":
+        model = meta_model(real_config())
+    elif args.config == "tiny":
+        model = meta_model(tiny_config())
+    else:
+        model = load_hf_model(args.config if args.config != "bundled" else None)
+    hm = HookedDiffusionGemma(model)
+    print(
+        f"# {len(hm.hook_names)} hook points; shapes for batch={args.batch}, prompt_len={args.prompt_len}, "
+        f"block={args.block}, canvas_length={hm.config.canvas_length}"
+    )
+    width = max(len(name) for name in hm.hook_names)
+    for name in hm.hook_names:
+        shape = hm.hook_shape(name, batch=args.batch, prompt_len=args.prompt_len, block=args.block)
+        print(f"{name:<{width}}  {list(shape)}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    """Generate and save a cache of the named hooks (and the trajectory)."""
+    from diffinterp.model import load_model
+
+    hm = load_model(args.model)
+    input_ids, attention_mask = _prompt_ids(hm, args.prompt)
+    names = [name.strip() for name in args.cache.split(",") if name.strip()]
+    torch.manual_seed(args.seed)
+    steps = None if args.cache_steps is None else [int(s) for s in args.cache_steps.split(",")]
+    trajectory, cache = hm.run_with_cache(
+        input_ids,
+        names_filter=names,
+        steps=steps,
+        attention_mask=attention_mask,
+        max_bytes=args.max_bytes,
+        progress=True,
+        **_generation_kwargs(args),
+    )
+    cache.save(args.out)
+    trajectory_path = Path(args.trajectory) if args.trajectory else Path(args.out).with_suffix(".trajectory.safetensors")
+    trajectory.save(trajectory_path)
+    print(f"output: {_decode(hm, trajectory.new_tokens()[0])}")
+    print(f"{cache} -> {args.out}; trajectory -> {trajectory_path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffinterp", description="Step-resolved interpretability for DiffusionGemma")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="generate on the bundled model; print steps; write figures to out/")
+    _add_generation_args(demo)
+    demo.add_argument("--prompt", default=None)
+    demo.add_argument("--out", default="out/demo")
+    demo.set_defaults(func=cmd_demo)
+
+    hooks = commands.add_parser("hooks", help="list hook names with their shapes")
+    hooks.add_argument("--config", default="bundled", help="real (26B-A4B, meta device) | tiny | bundled | PATH")
+    hooks.add_argument("--batch", type=int, default=1)
+    hooks.add_argument("--prompt-len", type=int, default=16)
+    hooks.add_argument("--block", type=int, default=0)
+    hooks.set_defaults(func=cmd_hooks)
+
+    run = commands.add_parser("run", help="generate and save a cache of hook activations")
+    _add_generation_args(run)
+    run.add_argument("--prompt", required=True)
+    run.add_argument("--cache", required=True, help="comma-separated hook names or globs, e.g. 'decoder.blocks.*.hook_resid_post'")
+    run.add_argument("--cache-steps", default=None, help="comma-separated steps to record (default: all)")
+    run.add_argument("--max-bytes", type=int, default=None)
+    run.add_argument("--out", required=True, help="cache file (.safetensors)")
+    run.add_argument("--trajectory", default=None, help="trajectory file (default: beside --out)")
+    run.set_defaults(func=cmd_run)
+
+    _register_optional(commands)
+    return parser
+
+
+def _register_optional(commands) -> None:
+    """Commands of packages built on this core (training, evaluation, case studies)."""
+    try:
+        from diffinterp.toy.commands import register
+    except ImportError:
+        return
+    register(commands)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        print(f"diffinterp {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

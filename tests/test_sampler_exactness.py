@@ -1,0 +1,149 @@
+"""The instrumented sampler reproduces transformers' generate exactly, and every step re-runs exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
+
+from tests.conftest import make_prompts, no_torch_hooks
+
+
+def _both(model, hm, input_ids, seed, **kwargs):
+    torch.manual_seed(seed)
+    reference = model.generate(input_ids.clone(), **kwargs)
+    torch.manual_seed(seed)
+    trajectory = hm.generate(input_ids.clone(), record_logits=True, **kwargs)
+    return reference, trajectory
+
+
+def _assert_steps_rerun_exactly(model, hm, trajectory):
+    for block in trajectory.blocks:
+        for step in block.steps:
+            kwargs = hm.step_inputs(trajectory, block.block, step.step)
+            with torch.no_grad():
+                logits = model(**kwargs).logits
+            assert torch.equal(logits, step.logits), (block.block, step.step)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_generate_matches_hf_over_several_canvases(tiny, seed, batch):
+    name, model, hm = tiny
+    canvas = model.config.canvas_length
+    input_ids, mask = make_prompts(model.config.text_config.vocab_size, batch, seed)
+    kwargs = dict(attention_mask=mask, max_new_tokens=2 * canvas + 1, max_denoising_steps=5)
+    reference, trajectory = _both(model, hm, input_ids, seed, **kwargs)
+    assert len(trajectory.blocks) == 3
+    assert torch.equal(trajectory.sequences, reference.sequences), name
+    assert torch.equal(trajectory.tokens_per_forward, reference.tokens_per_forward)
+    _assert_steps_rerun_exactly(model, hm, trajectory)
+    assert no_torch_hooks(model)
+
+
+def test_generate_matches_hf_with_eos_padding_and_early_stop(tiny):
+    """EOS inside a canvas pads the rest; rows stop denoising at different steps."""
+    name, model, hm = tiny
+    canvas = model.config.canvas_length
+    input_ids, mask = make_prompts(model.config.text_config.vocab_size, 2, 7)
+    base = dict(attention_mask=mask, max_new_tokens=3 * canvas, max_denoising_steps=8, pad_token_id=0)
+    torch.manual_seed(3)
+    probe = hm.generate(input_ids.clone(), stability_threshold=0, confidence_threshold=1e-9, **base)
+    eos = int(probe.sequences[0, input_ids.shape[1] + canvas // 2])  # a token row 0 produces mid-canvas
+    # A confidence threshold between the two rows' mean entropies at step 2 stops them at different steps.
+    row_entropy = probe.stack("entropy", 0).mean(-1)[2]
+    threshold = float(row_entropy.mean())
+    kwargs = dict(base, eos_token_id=eos, stability_threshold=0, confidence_threshold=threshold)
+    reference, trajectory = _both(model, hm, input_ids, 3, **kwargs)
+    assert torch.equal(trajectory.sequences, reference.sequences), name
+    assert (reference.sequences == 0).any(), "the EOS path was not exercised"
+    assert min(trajectory.steps_per_block) < 8, "early stopping was not exercised"
+    mixed = [s for b in trajectory.blocks for s in b.steps if s.active.any() and not s.active.all()]
+    assert mixed, "no step ran with one row finished and another still denoising"
+    _assert_steps_rerun_exactly(model, hm, trajectory)
+
+
+def test_generate_matches_hf_with_every_sampler_argument(small):
+    model, hm = small
+    input_ids, mask = make_prompts(96, 2, 11)
+    kwargs = dict(
+        attention_mask=mask,
+        max_new_tokens=12,
+        max_denoising_steps=7,
+        sampler_config=EntropyBoundSamplerConfig(entropy_bound=2.5),
+        t_min=0.2,
+        t_max=1.3,
+        stability_threshold=2,
+        confidence_threshold=4.0,
+    )
+    reference, trajectory = _both(model, hm, input_ids, 5, **kwargs)
+    assert torch.equal(trajectory.sequences, reference.sequences)
+    temperatures = trajectory.temperatures(0)
+    assert temperatures[0] == pytest.approx(0.2 + 1.1 * 7 / 7, rel=1e-6)
+    assert temperatures[-1] < temperatures[0]
+    _assert_steps_rerun_exactly(model, hm, trajectory)
+
+
+def test_generate_matches_hf_with_max_length_and_generation_config(small):
+    model, hm = small
+    from transformers.models.diffusion_gemma.generation_diffusion_gemma import DiffusionGemmaGenerationConfig
+
+    config = DiffusionGemmaGenerationConfig(max_denoising_steps=4, t_min=0.3, t_max=0.9)
+    input_ids, _ = make_prompts(96, 1, 2)
+    reference, trajectory = _both(model, hm, input_ids, 9, generation_config=config, max_length=21)
+    assert torch.equal(trajectory.sequences, reference.sequences)
+    assert trajectory.steps_per_block == [4, 4]
+
+
+@pytest.mark.parametrize("mode", ["argmax", "topk:3", "sample", "none"])
+def test_bottleneck_steps_rerun_exactly(small, mode):
+    model, hm = small
+    input_ids, mask = make_prompts(96, 2, 4)
+    torch.manual_seed(0)
+    trajectory = hm.generate(
+        input_ids, attention_mask=mask, bottleneck=mode, record_logits=True, max_new_tokens=16,
+        max_denoising_steps=5, confidence_threshold=6.0,
+    )
+    assert trajectory.bottleneck == mode
+    _assert_steps_rerun_exactly(model, hm, trajectory)
+
+
+def test_step_inputs_replay_without_recorded_logits(small):
+    """Without recorded logits, step_inputs rebuilds the self-conditioning by a teacher-forced replay."""
+    model, hm = small
+    input_ids, mask = make_prompts(96, 2, 8)
+    torch.manual_seed(1)
+    recorded = hm.generate(input_ids, attention_mask=mask, record_logits=True, max_new_tokens=8, max_denoising_steps=5)
+    torch.manual_seed(1)
+    bare = hm.generate(input_ids, attention_mask=mask, max_new_tokens=8, max_denoising_steps=5)
+    assert bare.steps[0][4].logits is None
+    with torch.no_grad():
+        logits = model(**hm.step_inputs(bare, 0, 4)).logits
+    assert torch.equal(logits, recorded.steps[0][4].logits)
+
+
+def test_bottleneck_signal_is_what_the_mode_says(small):
+    model, hm = small
+    input_ids, _ = make_prompts(96, 1, 3)
+    torch.manual_seed(0)
+    trajectory = hm.generate(input_ids, bottleneck="argmax", max_new_tokens=8, max_denoising_steps=3)
+    signal = hm.step_inputs(trajectory, 0, 2)["self_conditioning_logits"]
+    probabilities = signal.float().softmax(-1)
+    expected = torch.nn.functional.one_hot(trajectory.steps[0][1].argmax, probabilities.shape[-1]).float()
+    assert torch.equal(probabilities, expected)
+    torch.manual_seed(0)
+    trajectory = hm.generate(input_ids, bottleneck="topk:4", max_new_tokens=8, max_denoising_steps=3)
+    signal = hm.step_inputs(trajectory, 0, 1)["self_conditioning_logits"]
+    assert ((signal.float().softmax(-1) > 0).sum(-1) == 4).all()
+    torch.manual_seed(0)
+    trajectory = hm.generate(input_ids, bottleneck="none", max_new_tokens=8, max_denoising_steps=3)
+    assert hm.step_inputs(trajectory, 0, 2)["self_conditioning_logits"] is None
+
+
+def test_bottleneck_rejects_unknown_modes(small):
+    _, hm = small
+    input_ids, _ = make_prompts(96, 1, 3)
+    with pytest.raises(ValueError, match="valid modes: continuous, argmax, topk:K, sample, none"):
+        hm.generate(input_ids, bottleneck="hard")
+    with pytest.raises(ValueError, match="positive integer"):
+        hm.generate(input_ids, bottleneck="topk:0")
