@@ -284,6 +284,17 @@ def hooked_eager_attention(module, query, key, value, attention_mask, **kwargs):
     return output, new
 
 
+def hooked_eager_mask(*args, dtype: torch.dtype = torch.float32, **kwargs):
+    """transformers' eager (additive) mask, made in a float dtype.
+
+    The sampler builds the decoder mask from the integer canvas (as transformers' generate does),
+    which plain eager attention cannot turn into an additive mask for padded batches.
+    """
+    if not dtype.is_floating_point:
+        dtype = torch.float32
+    return eager_mask(*args, dtype=dtype, **kwargs)
+
+
 # Registering a named implementation is transformers' extension point for attention kernels.
 AttentionInterface.register(HOOKED_EAGER, hooked_eager_attention)
-AttentionMaskInterface.register(HOOKED_EAGER, eager_mask)
+AttentionMaskInterface.register(HOOKED_EAGER, hooked_eager_mask)
