@@ -31,21 +31,23 @@ def _generation_kwargs(args) -> dict:
     return kwargs
 
 
-def _prompt_ids(hm, prompt: str | None):
+def _prompt_ids(hm, prompt: str | None, path=None):
     if hm.tokenizer is None:
         raise SystemExit("this checkpoint has no tokenizer; give a folder with tokenizer files")
-    return hm.to_tokens(prompt if prompt is not None else default_prompt(hm))
+    return hm.to_tokens(prompt if prompt is not None else default_prompt(hm, path))
 
 
-def default_prompt(hm) -> str:
-    """A prompt the bundled checkpoint knows (its generation config may name one)."""
-    return getattr(hm.model.generation_config, "demo_prompt", None) or "a=3 b=a+4 c=b*2 ? c"
+def default_prompt(hm, path=None) -> str:
+    """A prompt the checkpoint knows (from its ``diffinterp.json``)."""
+    from diffinterp.model import checkpoint_metadata
+
+    return checkpoint_metadata(path).get("demo_prompt", "a=3 b=a+4 c=b*2 ? c")
 
 
 def _decode(hm, tokens) -> str:
-    if hm.tokenizer is None:
-        return " ".join(str(int(t)) for t in tokens)
-    return " ".join(hm.tokenizer.convert_ids_to_tokens([int(t) for t in tokens]))
+    from diffinterp.plotting import token_labels
+
+    return " ".join(token_labels(tokens, hm.tokenizer))
 
 
 # ------------------------------------------------------------------------------------- commands
@@ -55,10 +57,10 @@ def cmd_demo(args) -> int:
     from diffinterp.plotting import canvas_evolution, entropy_heatmap, save_figure
 
     hm = load_model(args.model)
-    input_ids, attention_mask = _prompt_ids(hm, args.prompt)
+    input_ids, attention_mask = _prompt_ids(hm, args.prompt, args.model)
     torch.manual_seed(args.seed)
     trajectory = hm.generate(input_ids, attention_mask=attention_mask, progress=True, **_generation_kwargs(args))
-    print(f"prompt: {args.prompt or default_prompt(hm)}")
+    print(f"prompt: {args.prompt or default_prompt(hm, args.model)}")
     for record in trajectory.blocks:
         print(f"block {record.block} ({record.n_steps} steps)")
         for step in record.steps:

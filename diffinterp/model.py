@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     DiffusionGemmaConfig,
     DiffusionGemmaForBlockDiffusion,
@@ -144,9 +145,41 @@ def meta_model(config: DiffusionGemmaConfig | None = None) -> DiffusionGemmaForB
     return model.eval()
 
 
+ASSETS = ("diffusion", "tiny-random")  # preference order: the trained toy model, else a random one
+METADATA_FILE = "diffinterp.json"  # our own facts about a checkpoint (demo prompt, tasks)
+
+
 def bundled_model_path() -> Path:
-    """Folder of the checkpoint shipped with the package."""
-    return Path(str(resources.files("diffinterp").joinpath("assets", "tiny-random")))
+    """Folder of the checkpoint shipped with the package (the trained toy model when present)."""
+    assets = Path(str(resources.files("diffinterp").joinpath("assets")))
+    for name in ASSETS:
+        if (assets / name / "config.json").is_file():
+            return assets / name
+    raise FileNotFoundError(f"no bundled checkpoint under {assets}; the package data is incomplete")
+
+
+def checkpoint_metadata(path: str | Path | None = None) -> dict[str, Any]:
+    """diffinterp's metadata saved beside a checkpoint (``diffinterp.json``), or {}."""
+    folder = Path(path) if path is not None else bundled_model_path()
+    file = folder / METADATA_FILE
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def save_tiny_random_checkpoint(folder: str | Path, config: DiffusionGemmaConfig | None = None, seed: int = 0) -> Path:
+    """Save a random tiny DiffusionGemma with the toy tokenizer as an HF folder (a test fixture)."""
+    from diffinterp.toy.tokenizer import VOCAB_SIZE, build_tokenizer
+
+    folder = Path(folder)
+    model = tiny_model(config if config is not None else tiny_config(vocab_size=VOCAB_SIZE), seed=seed)
+    model.generation_config = DiffusionGemmaGenerationConfig(
+        max_new_tokens=16, max_denoising_steps=8, t_min=0.4, t_max=0.8,
+        sampler_config=EntropyBoundSamplerConfig(entropy_bound=0.1), stability_threshold=1,
+        confidence_threshold=0.005,
+    )
+    model.save_pretrained(str(folder))
+    build_tokenizer().save_pretrained(str(folder))
+    (folder / METADATA_FILE).write_text(json.dumps({"demo_prompt": "arith a=3 b=a+4 ? b", "trained": False}, indent=2))
+    return folder
 
 
 def validate_checkpoint_folder(path: Path) -> None:
@@ -191,7 +224,7 @@ def load_hf_model(
         kwargs["device_map"] = device_map
     try:
         model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(folder), **kwargs)
-    except (OSError, RuntimeError, ValueError) as err:
+    except (OSError, RuntimeError, ValueError, SafetensorError) as err:
         raise ValueError(f"could not load the checkpoint in {folder}: {err}") from err
     if device is not None:
         model = model.to(device)

@@ -28,11 +28,11 @@ SEQUENTIAL_CMAP = "cividis"
 
 
 def token_labels(tokens, tokenizer=None) -> list[str]:
-    """Readable labels for token ids: decoded pieces, or the ids themselves."""
+    """Readable labels for token ids: the tokenizer's pieces, or ``#id`` for ids it lacks."""
     ids = [int(t) for t in tokens]
     if tokenizer is None:
-        return [str(i) for i in ids]
-    return [tokenizer.convert_ids_to_tokens(i) or str(i) for i in ids]
+        return [f"#{i}" for i in ids]
+    return [tokenizer.convert_ids_to_tokens(i) or f"#{i}" for i in ids]
 
 
 def canvas_evolution(trajectory: Trajectory, block: int = 0, row: int = 0, tokenizer=None, field: str = "argmax"):

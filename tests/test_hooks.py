@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -46,8 +48,7 @@ def test_activations_satisfy_the_layer_algebra(tiny):
     """Each hook against a recomputation from the others with the HF modules' own weights."""
     _, model, hm = tiny
     input_ids, mask = make_prompts(model.config.text_config.vocab_size, 2, 1)
-    with pytest.warns(UserWarning, match="eager"):
-        trajectory, cache = _full_cache(hm, input_ids, mask)
+    trajectory, cache = _full_cache(hm, input_ids, mask)
     decoder = model.model.decoder
     for step in range(trajectory.blocks[0].n_steps):
         get = lambda name: cache["decoder." + name, step]  # noqa: E731
@@ -186,7 +187,8 @@ def test_positions_limit_an_edit(small):
 
 
 def test_pattern_edit_changes_the_output_consistently(small):
-    model, hm = small
+    model, _ = small
+    hm = di.HookedDiffusionGemma(model)  # fresh wrapper: it warns once about eager attention
     input_ids, mask = make_prompts(96, 1, 7)
     captured = {}
 
@@ -197,7 +199,10 @@ def test_pattern_edit_changes_the_output_consistently(small):
              ("decoder.blocks.2.attn.hook_v", lambda t, hook: captured.__setitem__("v", t.clone())),
              ("decoder.blocks.2.attn.hook_z", lambda t, hook: captured.__setitem__("z", t.clone()))]
     torch.manual_seed(0)
-    with pytest.warns(UserWarning):
+    with pytest.warns(UserWarning, match="attention-pattern hooks need eager attention"):
+        hm.run_with_hooks(input_ids, fwd_hooks=hooks, steps=[0], attention_mask=mask, **GEN)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once per model, not on every run
         hm.run_with_hooks(input_ids, fwd_hooks=hooks, steps=[0], attention_mask=mask, **GEN)
     # Uniform attention over the visible keys: z is the mean of the (head-shared) values.
     # The canvas's own values are the last `pos` keys; the prompt's are cached values.

@@ -41,14 +41,14 @@ MAX_PROMPT = 25  # longest prompt (24 tokens) + <bos>
 def text_config(size: str = "cpu") -> dict[str, Any]:
     """The shared text-stack config (a dict of DiffusionGemma/Gemma 4 text fields).
 
-    ``cpu``: 4 layers (sliding, full, sliding, full), d_model 128, dense MLP 256 plus a MoE branch
-    of 4 experts (top-2, 128 wide): the recipe that trains in under an hour on 2 CPU cores.
+    ``cpu``: 4 layers (sliding, full, sliding, full), d_model 128, dense MLP 128 plus a MoE branch
+    of 4 experts (top-2, 64 wide): the recipe that trains in under an hour on 2 CPU cores.
     ``gpu``: 6 layers, d_model 256, 8 experts: for longer runs where a GPU is available.
     """
     base = {
         "vocab_size": VOCAB_SIZE,
         "hidden_size": 128,
-        "intermediate_size": 256,
+        "intermediate_size": 128,
         "num_hidden_layers": 4,
         "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
         "num_attention_heads": 4,
@@ -59,7 +59,7 @@ def text_config(size: str = "cpu") -> dict[str, Any]:
         "sliding_window": 16,
         "num_experts": 4,
         "top_k_experts": 2,
-        "moe_intermediate_size": 128,
+        "moe_intermediate_size": 64,
         "max_position_embeddings": 512,
         "attention_k_eq_v": True,
         "hidden_activation": "gelu_pytorch_tanh",

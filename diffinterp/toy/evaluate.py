@@ -1,0 +1,109 @@
+"""Exact-match evaluation of the toy models on the held-out splits.
+
+The diffusion model is evaluated through :func:`diffinterp.model.load_model` and
+``HookedDiffusionGemma.generate`` (the exact replay of ``hf_model.generate``), in batches with left
+padding and an attention mask; the AR twin with ``Gemma4ForCausalLM.generate`` (greedy).
+
+A prediction is the generated text up to the first ``<eos>``; it is correct iff it equals the
+reference answer token for token. Accuracy comes with a 95% Wilson interval.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from diffinterp.toy import tasks as T
+from diffinterp.toy.tokenizer import EOS_ID, PAD_ID, VOCAB
+from diffinterp.toy.train import CANVAS_LENGTH, prompt_batch
+
+EVAL_SEED = 0
+
+
+def decode(ids) -> str:
+    """Tokens up to the first ``<eos>`` (pads dropped), joined by spaces."""
+    out = []
+    for i in ids:
+        i = int(i)
+        if i == EOS_ID:
+            break
+        if i == PAD_ID:
+            continue
+        out.append(VOCAB[i] if i < len(VOCAB) else f"<{i}>")
+    return " ".join(out)
+
+
+def _is_hooked(model) -> bool:
+    from diffinterp.hooks import HookedDiffusionGemma
+
+    return isinstance(model, HookedDiffusionGemma)
+
+
+@torch.no_grad()
+def predict(model, prompts: list[str], *, model_kind: str = "diffusion", bottleneck: str | None = None,
+            seed: int = EVAL_SEED, **gen_kwargs: Any) -> tuple[list[str], list[float]]:
+    """Predictions for ``prompts`` and the denoising steps each example's canvas used (AR: tokens)."""
+    ids, mask = prompt_batch(prompts)
+    torch.manual_seed(seed)
+    if model_kind == "ar":
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=CANVAS_LENGTH,
+                             pad_token_id=PAD_ID, eos_token_id=EOS_ID, **gen_kwargs)
+        new = out[:, ids.shape[1]:]
+        preds = [decode(row) for row in new]
+        steps = [float(len(p.split()) + 1) for p in preds]
+        return preds, steps
+    gen_kwargs.setdefault("max_new_tokens", CANVAS_LENGTH)
+    if _is_hooked(model):
+        if bottleneck is not None:
+            gen_kwargs["bottleneck"] = bottleneck
+        traj = model.generate(ids, attention_mask=mask, **gen_kwargs)
+        new = traj.sequences[:, traj.prompt_len:]
+        active = torch.zeros(len(prompts))
+        for block in traj.blocks:
+            for step in block.steps:
+                active += step.active.float().cpu()
+        n_blocks = max(1, len(traj.blocks))
+        steps = (active / n_blocks).tolist()
+    else:  # a bare HF model (used for the quick evals during training)
+        if bottleneck not in (None, "continuous"):
+            raise ValueError("bottleneck= needs a HookedDiffusionGemma (diffinterp.load_model)")
+        out = model.generate(input_ids=ids, attention_mask=mask, **gen_kwargs)
+        new = out.sequences[:, ids.shape[1]:]
+        steps = [float("nan")] * len(prompts)
+    preds = [decode(row[:CANVAS_LENGTH]) for row in new]
+    return preds, steps
+
+
+def evaluate_task(model, task: str, *, n: int | None = None, model_kind: str = "diffusion", batch_size: int = 200,
+                  bottleneck: str | None = None, seed: int = EVAL_SEED, examples: list | None = None,
+                  **gen_kwargs: Any) -> dict[str, Any]:
+    """Exact-match accuracy of ``model`` on the held-out split of ``task`` (first ``n`` examples)."""
+    exs = examples if examples is not None else T.test_set(task, n or T.DEFAULT_TEST_SIZE)
+    if n is not None:
+        exs = exs[:n]
+    correct, steps = 0, []
+    failures = []
+    for start in range(0, len(exs), batch_size):
+        chunk = exs[start:start + batch_size]
+        preds, st = predict(model, [e.prompt for e in chunk], model_kind=model_kind, bottleneck=bottleneck,
+                            seed=seed + start, **gen_kwargs)
+        steps.extend(st)
+        for e, p in zip(chunk, preds):
+            if T.exact_match(p, e):
+                correct += 1
+            elif len(failures) < 5:
+                failures.append({"prompt": e.prompt, "answer": e.answer, "prediction": p})
+    lo, hi = T.wilson_interval(correct, len(exs))
+    valid = [s for s in steps if s == s]
+    return {
+        "task": task,
+        "accuracy": correct / max(1, len(exs)),
+        "ci_low": lo,
+        "ci_high": hi,
+        "n": len(exs),
+        "correct": correct,
+        "mean_steps_per_canvas": (sum(valid) / len(valid)) if valid else None,
+        "bottleneck": bottleneck or ("continuous" if model_kind == "diffusion" else None),
+        "failures": failures,
+    }

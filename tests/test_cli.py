@@ -1,0 +1,59 @@
+"""The diffinterp command, run as a user would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import torch
+
+import diffinterp as di
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "diffinterp.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
+
+
+def test_hooks_lists_the_real_model_from_the_meta_device():
+    start = time.perf_counter()
+    result = run_cli("hooks", "--config", "real")
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("# 908 hook points")
+    assert any(line.startswith("decoder.blocks.29.attn.hook_pattern") and "[1, 16, 256, 272]" in line for line in lines)
+    assert any(line.startswith("decoder.hook_logits") and "[1, 256, 262144]" in line for line in lines)
+    assert elapsed < 60
+
+
+def test_demo_writes_figures(tmp_path):
+    result = run_cli("demo", "--out", str(tmp_path / "demo"), "--max-new-tokens", "8", "--steps", "3")
+    assert result.returncode == 0, result.stderr
+    assert "step   2" in result.stdout
+    for name in ("canvas_evolution_block0", "entropy_heatmap_block0"):
+        assert (tmp_path / "demo" / f"{name}.png").stat().st_size > 1000
+        assert (tmp_path / "demo" / f"{name}.svg").is_file()
+    trajectory = di.Trajectory.load(tmp_path / "demo" / "trajectory.safetensors")
+    assert trajectory.steps_per_block == [3]
+
+
+def test_run_saves_cache_and_trajectory(tmp_path):
+    out = tmp_path / "cache.safetensors"
+    result = run_cli(
+        "run", "--prompt", "arith a=1 ? a", "--cache", "decoder.blocks.*.hook_resid_post,decoder.hook_logits",
+        "--out", str(out), "--max-new-tokens", "8", "--steps", "3",
+    )
+    assert result.returncode == 0, result.stderr
+    cache = di.DenoisingCache.load(out)
+    trajectory = di.Trajectory.load(tmp_path / "cache.trajectory.safetensors")
+    assert cache.steps("decoder.hook_logits") == list(range(trajectory.steps_per_block[0]))
+    assert cache["decoder.hook_logits", 0].dtype == torch.float32
+
+
+def test_cli_errors_are_clear(tmp_path):
+    result = run_cli("run", "--prompt", "a", "--cache", "decoder.blocks.0.hook_resid", "--out", str(tmp_path / "x"))
+    assert result.returncode == 2
+    assert "did you mean 'decoder.blocks.0.hook_resid_pre'" in result.stderr
