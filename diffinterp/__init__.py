@@ -1,8 +1,8 @@
 """diffinterp: step-resolved mechanistic interpretability for DiffusionGemma.
 
-    import diffinterp as di
-    hm = di.load_model()                                  # bundled checkpoint, or an HF folder
-    traj, cache = hm.run_with_cache(input_ids, names_filter=lambda n: n.endswith("resid_post"))
+import diffinterp as di
+hm = di.load_model()                                  # bundled checkpoint, or an HF folder
+traj, cache = hm.run_with_cache(input_ids, names_filter=lambda n: n.endswith("resid_post"))
 """
 
 from diffinterp.cache import CacheBudgetError, DenoisingCache

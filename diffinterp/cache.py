@@ -56,7 +56,8 @@ class DenoisingCache:
     def add(self, name: str, step: int | None, block: int, tensor: torch.Tensor) -> None:
         """Store one activation (a detached copy, moved and cast as configured)."""
         nbytes = tensor.numel() * (
-            tensor.element_size() if self.dtype is None or not tensor.is_floating_point()
+            tensor.element_size()
+            if self.dtype is None or not tensor.is_floating_point()
             else torch.empty((), dtype=self.dtype).element_size()
         )
         self.check_budget(self._nbytes + nbytes, what=f"storing '{name}' at step {step}, block {block}")
@@ -134,7 +135,9 @@ class DenoisingCache:
             raise KeyError(f"block {block} of '{name}' was not recorded; recorded blocks: {_ranges(blocks)}")
         steps = self.steps(name, block)
         if step is None:
-            raise KeyError(f"'{name}' is a decoder hook: give a step (recorded steps of block {block}: {_ranges(steps)})")
+            raise KeyError(
+                f"'{name}' is a decoder hook: give a step (recorded steps of block {block}: {_ranges(steps)})"
+            )
         if name.startswith("encoder."):
             raise KeyError(f"'{name}' is an encoder hook: it has no steps; use cache.get('{name}', block={block})")
         raise KeyError(

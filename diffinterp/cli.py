@@ -1,8 +1,8 @@
 """The ``diffinterp`` command.
 
-    diffinterp demo [--model PATH] [--prompt TEXT] [--out DIR]
-    diffinterp hooks [--config real|tiny|PATH] [--batch B] [--prompt-len T] [--block K]
-    diffinterp run --prompt TEXT --cache NAMES --out FILE [--model PATH] [--trajectory FILE]
+diffinterp demo [--model PATH] [--prompt TEXT] [--out DIR]
+diffinterp hooks [--config real|tiny|PATH] [--batch B] [--prompt-len T] [--block K]
+diffinterp run --prompt TEXT --cache NAMES --out FILE [--model PATH] [--trajectory FILE]
 """
 
 from __future__ import annotations
@@ -69,8 +69,12 @@ def cmd_demo(args) -> int:
     out = Path(args.out)
     written = []
     for record in trajectory.blocks:
-        written += save_figure(canvas_evolution(trajectory, record.block, 0, hm.tokenizer), out / f"canvas_evolution_block{record.block}")
-        written += save_figure(entropy_heatmap(trajectory, record.block, 0), out / f"entropy_heatmap_block{record.block}")
+        written += save_figure(
+            canvas_evolution(trajectory, record.block, 0, hm.tokenizer), out / f"canvas_evolution_block{record.block}"
+        )
+        written += save_figure(
+            entropy_heatmap(trajectory, record.block, 0), out / f"entropy_heatmap_block{record.block}"
+        )
     trajectory.save(out / "trajectory.safetensors")
     print("wrote " + ", ".join(str(p) for p in written + [out / "trajectory.safetensors"]))
     return 0
@@ -118,7 +122,9 @@ def cmd_run(args) -> int:
         **_generation_kwargs(args),
     )
     cache.save(args.out)
-    trajectory_path = Path(args.trajectory) if args.trajectory else Path(args.out).with_suffix(".trajectory.safetensors")
+    trajectory_path = (
+        Path(args.trajectory) if args.trajectory else Path(args.out).with_suffix(".trajectory.safetensors")
+    )
     trajectory.save(trajectory_path)
     print(f"output: {_decode(hm, trajectory.new_tokens()[0])}")
     print(f"{cache} -> {args.out}; trajectory -> {trajectory_path}")
@@ -145,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="generate and save a cache of hook activations")
     _add_generation_args(run)
     run.add_argument("--prompt", required=True)
-    run.add_argument("--cache", required=True, help="comma-separated hook names or globs, e.g. 'decoder.blocks.*.hook_resid_post'")
+    run.add_argument(
+        "--cache", required=True, help="comma-separated hook names or globs, e.g. 'decoder.blocks.*.hook_resid_post'"
+    )
     run.add_argument("--cache-steps", default=None, help="comma-separated steps to record (default: all)")
     run.add_argument("--max-bytes", type=int, default=None)
     run.add_argument("--out", required=True, help="cache file (.safetensors)")

@@ -127,9 +127,7 @@ def check_replacement(hook_point: HookPoint, original: torch.Tensor, new: Any) -
         )
     if new.dtype != original.dtype:
         if original.dtype.is_floating_point != new.dtype.is_floating_point:
-            raise TypeError(
-                f"hook on '{hook_point.name}' returned dtype {new.dtype}; expected {original.dtype}"
-            )
+            raise TypeError(f"hook on '{hook_point.name}' returned dtype {new.dtype}; expected {original.dtype}")
         new = new.to(original.dtype)
     if new.device != original.device:
         new = new.to(original.device)

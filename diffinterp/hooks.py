@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,7 +31,7 @@ from transformers import DiffusionGemmaForBlockDiffusion
 from diffinterp import hook_points as hp
 from diffinterp.hook_shapes import hook_shape
 
-NameOrFilter = Union[str, Sequence[str], Callable[[str], bool]]
+NameOrFilter = str | Sequence[str] | Callable[[str], bool]
 HookFn = Callable[..., Any]
 
 _LAYER_OUTPUTS = {
@@ -287,7 +287,13 @@ class HookedDiffusionGemma(HookedRootModule):
     def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False) -> None:
         for resolved in self.resolve_names(name):
             self.check_and_add_hook(
-                self.hook_dict[resolved], resolved, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend
+                self.hook_dict[resolved],
+                resolved,
+                hook,
+                dir=dir,
+                is_permanent=is_permanent,
+                level=level,
+                prepend=prepend,
             )
 
     def _enable_hook(self, name, hook, dir) -> None:
@@ -411,8 +417,13 @@ class HookedDiffusionGemma(HookedRootModule):
         target = HookTarget.build(steps, blocks, positions)
         if max_bytes is not None:
             estimate = self.estimate_cache_bytes(
-                input_ids, names, steps=target.steps, blocks=target.blocks, positions=target.positions,
-                dtype=dtype, **gen_kwargs,
+                input_ids,
+                names,
+                steps=target.steps,
+                blocks=target.blocks,
+                positions=target.positions,
+                dtype=dtype,
+                **gen_kwargs,
             )
             cache.check_budget(estimate, what="the estimated cache for this run")
         fwd = caching_hooks(cache, names, target.positions)
@@ -420,8 +431,9 @@ class HookedDiffusionGemma(HookedRootModule):
             trajectory = self.generate(input_ids, **gen_kwargs)
         return trajectory, cache
 
-    def estimate_cache_bytes(self, input_ids, names_filter=None, *, steps=None, blocks=None, positions=None,
-                             dtype=None, **gen_kwargs) -> int:
+    def estimate_cache_bytes(
+        self, input_ids, names_filter=None, *, steps=None, blocks=None, positions=None, dtype=None, **gen_kwargs
+    ) -> int:
         """Upper bound on the bytes a ``run_with_cache`` with these filters stores (every step run)."""
         from diffinterp.sampler import resolve_run_limits
 
@@ -459,6 +471,12 @@ class HookedDiffusionGemma(HookedRootModule):
         from diffinterp.sampler import step_inputs
 
         return step_inputs(self, trajectory, block, step)
+
+    def restore_runtime(self, trajectory):
+        """Rebuild the KV caches of a trajectory loaded from disk, so its steps can be re-run."""
+        from diffinterp.sampler import restore_runtime
+
+        return restore_runtime(self, trajectory)
 
     def run_step(self, trajectory, block: int, step: int, fwd_hooks=(), **target):
         """Re-run one recorded decoder step (with optional hooks); its raw logits [batch, canvas, vocab]."""

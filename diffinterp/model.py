@@ -172,8 +172,12 @@ def save_tiny_random_checkpoint(folder: str | Path, config: DiffusionGemmaConfig
     folder = Path(folder)
     model = tiny_model(config if config is not None else tiny_config(vocab_size=VOCAB_SIZE), seed=seed)
     model.generation_config = DiffusionGemmaGenerationConfig(
-        max_new_tokens=16, max_denoising_steps=8, t_min=0.4, t_max=0.8,
-        sampler_config=EntropyBoundSamplerConfig(entropy_bound=0.1), stability_threshold=1,
+        max_new_tokens=16,
+        max_denoising_steps=8,
+        t_min=0.4,
+        t_max=0.8,
+        sampler_config=EntropyBoundSamplerConfig(entropy_bound=0.1),
+        stability_threshold=1,
         confidence_threshold=0.005,
     )
     model.save_pretrained(str(folder))

@@ -67,7 +67,9 @@ def entropy_heatmap(trajectory: Trajectory, block: int = 0, row: int = 0):
     """Per-position entropy of the tempered logits: step × canvas position."""
     entropy = trajectory.stack("entropy", block)[:, row].float().cpu().numpy()
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.3 * entropy.shape[1] + 1.5), max(2.5, 0.22 * entropy.shape[0] + 1.2)))
+        fig, ax = plt.subplots(
+            figsize=(max(4.0, 0.3 * entropy.shape[1] + 1.5), max(2.5, 0.22 * entropy.shape[0] + 1.2))
+        )
         image = ax.imshow(entropy, cmap=SEQUENTIAL_CMAP, aspect="auto", vmin=0)
         ax.set_xlabel("canvas position")
         ax.set_ylabel("denoising step")
@@ -87,4 +89,3 @@ def save_figure(fig, path: str | Path) -> list[Path]:
         written.append(target)
     plt.close(fig)
     return written
-

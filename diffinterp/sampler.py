@@ -129,9 +129,7 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
 def resolve_run_limits(model, prompt_len: int, generation_config=None, **kwargs) -> tuple[int, int]:
     """(max denoising steps per block, max number of blocks) for these generation arguments."""
     own = {"bottleneck", "record_logits", "logits_device", "logits_dtype", "progress", "enable_grad", "attention_mask"}
-    config, _ = model._prepare_generation_config(
-        generation_config, **{k: v for k, v in kwargs.items() if k not in own}
-    )
+    config, _ = model._prepare_generation_config(generation_config, **{k: v for k, v in kwargs.items() if k not in own})
     _, max_new_tokens = model._prepare_generated_length(config, prompt_len)
     return config.max_denoising_steps, math.ceil(max_new_tokens / model.config.canvas_length)
 
@@ -187,9 +185,19 @@ def sample(
     """
     with torch.set_grad_enabled(enable_grad):
         return _sample(
-            hm, input_ids, past_key_values, streamer, generation_config, logits_processor, stopping_criteria,
-            bottleneck=bottleneck, record_logits=record_logits, logits_device=logits_device,
-            logits_dtype=logits_dtype, progress=progress, **kwargs,
+            hm,
+            input_ids,
+            past_key_values,
+            streamer,
+            generation_config,
+            logits_processor,
+            stopping_criteria,
+            bottleneck=bottleneck,
+            record_logits=record_logits,
+            logits_device=logits_device,
+            logits_dtype=logits_dtype,
+            progress=progress,
+            **kwargs,
         )
 
 
@@ -295,16 +303,14 @@ def _sample(
 
             # 1.b. Prepare the denoising loop.
             initial_self_conditioning = model_kwargs.get("self_conditioning_logits")
-            current_canvas, self_conditioning_logits, mask_mapping, finished_denoising = (
-                model._prepare_denoiser_inputs(
-                    decoder_attention_mask=decoder_attention_mask,
-                    past_key_values=past_key_values,
-                    sampler=sampler,
-                    diffusion_stopping_criteria=diffusion_stopping_criteria,
-                    batch_size=batch_size,
-                    device=device,
-                    model_kwargs=model_kwargs,
-                )
+            current_canvas, self_conditioning_logits, mask_mapping, finished_denoising = model._prepare_denoiser_inputs(
+                decoder_attention_mask=decoder_attention_mask,
+                past_key_values=past_key_values,
+                sampler=sampler,
+                diffusion_stopping_criteria=diffusion_stopping_criteria,
+                batch_size=batch_size,
+                device=device,
+                model_kwargs=model_kwargs,
             )
             argmax_canvas = current_canvas
             runtime = BlockRuntime(
@@ -514,3 +520,86 @@ def step_inputs(hm, trajectory: Trajectory, block: int, step: int) -> dict[str, 
     runtime = _runtime(trajectory, block)
     signal = self_conditioning_inputs(hm, trajectory, block, step)[step]
     return _decoder_kwargs(runtime, record.canvas_in, signal, Bottleneck.parse(trajectory.bottleneck))
+
+
+def restore_runtime(hm, trajectory: Trajectory) -> Trajectory:
+    """Rebuild the KV caches and masks of a loaded trajectory by re-encoding its own tokens.
+
+    The encoder passes are the sampler's (same inputs, same order), so ``step_inputs`` then
+    re-runs recorded steps exactly. Custom logits processors of the original run are not saved;
+    the temperature schedule is rebuilt from the recorded settings.
+    """
+    from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
+
+    model = hm.model
+    settings = trajectory.generation
+    overrides = {
+        key: settings[key]
+        for key in (
+            "max_new_tokens",
+            "max_denoising_steps",
+            "t_min",
+            "t_max",
+            "stability_threshold",
+            "confidence_threshold",
+            "eos_token_id",
+            "pad_token_id",
+        )
+        if settings.get(key) is not None
+    }
+    if settings.get("entropy_bound") is not None:
+        overrides["sampler_config"] = EntropyBoundSamplerConfig(entropy_bound=settings["entropy_bound"])
+    generation_config, _ = model._prepare_generation_config(None, **overrides)
+    device = model.device
+    input_ids = trajectory.prompt_ids.to(device)
+    attention_mask = trajectory.attention_mask.to(device).bool()
+    batch_size, cur_len = input_ids.shape
+    canvas_length = trajectory.canvas_length
+    max_length, _ = model._prepare_generated_length(generation_config, cur_len)
+    past_key_values = model._prepare_cache_for_generation(generation_config, batch_size, max_length)
+    logits_processor = model._prepare_logits_processor(generation_config, None)
+    encoder_position_ids = torch.arange(0, cur_len, dtype=torch.int32, device=device).unsqueeze(0)
+    decoder_position_ids = torch.arange(cur_len, cur_len + canvas_length, dtype=torch.int32, device=device).unsqueeze(0)
+    decoder_attention_mask = torch.nn.functional.pad(attention_mask, (0, canvas_length), value=True)
+    with torch.no_grad():
+        for record in trajectory.blocks:
+            unprocessed_input_ids, encoder_mask_mapping = model._prepare_encoder_inputs(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                encoder_position_ids=encoder_position_ids,
+                past_key_values=past_key_values,
+                is_prefill=record.block == 0,
+                canvas_length=canvas_length,
+                batch_size=batch_size,
+            )
+            past_key_values = model.model.encoder(
+                input_ids=unprocessed_input_ids,
+                attention_mask=encoder_mask_mapping,
+                past_key_values=past_key_values,
+                position_ids=encoder_position_ids,
+            ).past_key_values
+            canvas = record.steps[0].canvas_in.to(device)
+            mask_mapping = model.model.decoder.create_diffusion_decoder_attention_mask(
+                config=model.config,
+                inputs_embeds=canvas.unsqueeze(-1),
+                past_key_values=past_key_values,
+                decoder_attention_mask=decoder_attention_mask,
+            )
+            record.runtime = BlockRuntime(
+                past_key_values=snapshot_cache(past_key_values),
+                mask_mapping=mask_mapping,
+                decoder_position_ids=decoder_position_ids,
+                input_ids=input_ids,
+                logits_processor=logits_processor,
+            )
+            input_ids = torch.cat([input_ids, record.final_canvas.to(device)], dim=-1)
+            cur_len, decoder_attention_mask, attention_mask, encoder_position_ids, decoder_position_ids = (
+                model._prepare_kwargs_for_next_canvas(
+                    attention_mask=attention_mask,
+                    decoder_attention_mask=decoder_attention_mask,
+                    decoder_position_ids=decoder_position_ids,
+                    canvas_length=canvas_length,
+                    cur_len=cur_len,
+                )
+            )
+    return trajectory

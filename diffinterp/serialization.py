@@ -55,9 +55,7 @@ def load_records(path: str | Path, kind: str) -> tuple[dict[str, torch.Tensor], 
         raise ValueError(f"{path} holds a '{found}' record, not a '{kind}'; load it with the matching class")
     version = metadata.get("version")
     if version != str(FORMAT_VERSION):
-        raise ValueError(
-            f"{path} has {kind} format version {version}; this diffinterp reads version {FORMAT_VERSION}"
-        )
+        raise ValueError(f"{path} has {kind} format version {version}; this diffinterp reads version {FORMAT_VERSION}")
     try:
         meta = json.loads(metadata["meta"])
     except (KeyError, json.JSONDecodeError) as err:

@@ -67,7 +67,4 @@ def small():
 
 def no_torch_hooks(model: torch.nn.Module) -> bool:
     """True if no forward / pre-forward / backward hook is attached to any module."""
-    return all(
-        not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
-        for m in model.modules()
-    )
+    return all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks for m in model.modules())

@@ -43,8 +43,17 @@ def test_demo_writes_figures(tmp_path):
 def test_run_saves_cache_and_trajectory(tmp_path):
     out = tmp_path / "cache.safetensors"
     result = run_cli(
-        "run", "--prompt", "arith a=1 ? a", "--cache", "decoder.blocks.*.hook_resid_post,decoder.hook_logits",
-        "--out", str(out), "--max-new-tokens", "8", "--steps", "3",
+        "run",
+        "--prompt",
+        "arith a=1 ? a",
+        "--cache",
+        "decoder.blocks.*.hook_resid_post,decoder.hook_logits",
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "8",
+        "--steps",
+        "3",
     )
     assert result.returncode == 0, result.stderr
     cache = di.DenoisingCache.load(out)

@@ -12,18 +12,37 @@ from tests.conftest import make_prompts, no_torch_hooks
 
 GEN = dict(max_new_tokens=16, max_denoising_steps=4)
 PER_LAYER = [
-    "hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_moe_out", "hook_ffn_out",
-    "hook_resid_post", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z", "attn.hook_pattern",
-    "moe.hook_router_probs", "moe.hook_topk_weights", "moe.hook_topk_idx",
+    "hook_resid_pre",
+    "hook_attn_out",
+    "hook_resid_mid",
+    "hook_mlp_out",
+    "hook_moe_out",
+    "hook_ffn_out",
+    "hook_resid_post",
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_v",
+    "attn.hook_z",
+    "attn.hook_pattern",
+    "moe.hook_router_probs",
+    "moe.hook_topk_weights",
+    "moe.hook_topk_idx",
 ]
 
 
 def test_hook_names_cover_both_stacks(tiny):
     _, model, hm = tiny
     layers = model.config.text_config.num_hidden_layers
-    expected = {"decoder.hook_embed", "decoder.sc.hook_soft_embed", "decoder.sc.hook_signal", "decoder.sc.hook_out",
-                "decoder.ln_final.hook_normalized", "decoder.hook_logits", "encoder.hook_embed",
-                "encoder.ln_final.hook_normalized"}
+    expected = {
+        "decoder.hook_embed",
+        "decoder.sc.hook_soft_embed",
+        "decoder.sc.hook_signal",
+        "decoder.sc.hook_out",
+        "decoder.ln_final.hook_normalized",
+        "decoder.hook_logits",
+        "encoder.hook_embed",
+        "encoder.ln_final.hook_normalized",
+    }
     for stack in ("decoder", "encoder"):
         expected |= {f"{stack}.blocks.{layer}.{leaf}" for layer in range(layers) for leaf in PER_LAYER}
     assert set(hm.hook_names) == expected
@@ -51,7 +70,10 @@ def test_activations_satisfy_the_layer_algebra(tiny):
     trajectory, cache = _full_cache(hm, input_ids, mask)
     decoder = model.model.decoder
     for step in range(trajectory.blocks[0].n_steps):
-        get = lambda name: cache["decoder." + name, step]  # noqa: E731
+
+        def get(name, step=step):
+            return cache["decoder." + name, step]
+
         assert torch.equal(get("blocks.0.hook_resid_pre"), get("sc.hook_out"))
         for index, layer in enumerate(decoder.layers):
             name = f"blocks.{index}."
@@ -85,8 +107,11 @@ def test_logits_hook_equals_recorded_logits_and_steps_are_reported(small):
     seen = []
     torch.manual_seed(0)
     trajectory, cache = hm.run_with_cache(
-        input_ids, names_filter=["decoder.hook_logits", "encoder.hook_embed"], attention_mask=mask,
-        record_logits=True, **GEN,
+        input_ids,
+        names_filter=["decoder.hook_logits", "encoder.hook_embed"],
+        attention_mask=mask,
+        record_logits=True,
+        **GEN,
     )
     for block in trajectory.blocks:
         for step in block.steps:
@@ -108,19 +133,26 @@ def _decoder_step_counter(model):
     return state, model.model.decoder.register_forward_pre_hook(count, with_kwargs=True)
 
 
-@pytest.mark.parametrize("hook_name,module_path", [
-    ("decoder.blocks.1.hook_mlp_out", "layers.1.post_feedforward_layernorm_1"),
-    ("decoder.blocks.0.hook_attn_out", "layers.0.post_attention_layernorm"),
-    ("decoder.blocks.2.hook_resid_post", "layers.2"),
-])
+@pytest.mark.parametrize(
+    "hook_name,module_path",
+    [
+        ("decoder.blocks.1.hook_mlp_out", "layers.1.post_feedforward_layernorm_1"),
+        ("decoder.blocks.0.hook_attn_out", "layers.0.post_attention_layernorm"),
+        ("decoder.blocks.2.hook_resid_post", "layers.2"),
+    ],
+)
 def test_zero_ablation_equals_a_plain_torch_hook(tiny, hook_name, module_path):
     name, model, hm = tiny
     input_ids, mask = make_prompts(model.config.text_config.vocab_size, 2, 3)
-    kwargs = dict(attention_mask=mask, max_new_tokens=model.config.canvas_length, max_denoising_steps=5, record_logits=True)
+    kwargs = dict(
+        attention_mask=mask, max_new_tokens=model.config.canvas_length, max_denoising_steps=5, record_logits=True
+    )
     torch.manual_seed(4)
     clean = hm.generate(input_ids, **kwargs)
     torch.manual_seed(4)
-    ablated = hm.run_with_hooks(input_ids, fwd_hooks=[(hook_name, lambda t, hook: torch.zeros_like(t))], steps=[2], **kwargs)
+    ablated = hm.run_with_hooks(
+        input_ids, fwd_hooks=[(hook_name, lambda t, hook: torch.zeros_like(t))], steps=[2], **kwargs
+    )
 
     state, counter = _decoder_step_counter(model)
     module = model.model.decoder.get_submodule(module_path)
@@ -149,7 +181,11 @@ def test_resid_mid_replacement_reaches_every_reader(small):
         return replacement["value"]
 
     captured = {}
-    names = ["decoder.blocks.1.hook_ffn_out", "decoder.blocks.1.hook_resid_post", "decoder.blocks.1.moe.hook_router_probs"]
+    names = [
+        "decoder.blocks.1.hook_ffn_out",
+        "decoder.blocks.1.hook_resid_post",
+        "decoder.blocks.1.moe.hook_router_probs",
+    ]
     hooks = [("decoder.blocks.1.hook_resid_mid", replace)] + [
         (n, lambda t, hook: captured.__setitem__(hook.name, t.clone())) for n in names
     ]
@@ -195,9 +231,11 @@ def test_pattern_edit_changes_the_output_consistently(small):
     def uniform(pattern, hook):
         return torch.full_like(pattern, 1.0 / pattern.shape[-1])
 
-    hooks = [("decoder.blocks.2.attn.hook_pattern", uniform),
-             ("decoder.blocks.2.attn.hook_v", lambda t, hook: captured.__setitem__("v", t.clone())),
-             ("decoder.blocks.2.attn.hook_z", lambda t, hook: captured.__setitem__("z", t.clone()))]
+    hooks = [
+        ("decoder.blocks.2.attn.hook_pattern", uniform),
+        ("decoder.blocks.2.attn.hook_v", lambda t, hook: captured.__setitem__("v", t.clone())),
+        ("decoder.blocks.2.attn.hook_z", lambda t, hook: captured.__setitem__("z", t.clone())),
+    ]
     torch.manual_seed(0)
     with pytest.warns(UserWarning, match="attention-pattern hooks need eager attention"):
         hm.run_with_hooks(input_ids, fwd_hooks=hooks, steps=[0], attention_mask=mask, **GEN)
@@ -224,9 +262,11 @@ def test_no_hook_survives_an_error_mid_run(small, error):
         if hook.step == 2:
             raise error("stop")
 
-    hooks = [("decoder.blocks.1.attn.hook_pattern", lambda t, hook: None),
-             ("decoder.blocks.0.hook_resid_mid", explode),
-             ("encoder.blocks.0.hook_resid_post", lambda t, hook: None)]
+    hooks = [
+        ("decoder.blocks.1.attn.hook_pattern", lambda t, hook: None),
+        ("decoder.blocks.0.hook_resid_mid", explode),
+        ("encoder.blocks.0.hook_resid_post", lambda t, hook: None),
+    ]
     with pytest.raises(error):
         hm.run_with_hooks(input_ids, fwd_hooks=hooks, attention_mask=mask, **GEN)
     assert no_torch_hooks(model)
@@ -280,8 +320,10 @@ def test_hooks_see_step_and_block_and_can_target_blocks(small):
     fired = []
     torch.manual_seed(0)
     hm.run_with_hooks(
-        input_ids, fwd_hooks=[("decoder.blocks.0.hook_resid_pre", lambda t, hook: fired.append((hook.block, hook.step)))],
-        blocks=[1], **GEN,
+        input_ids,
+        fwd_hooks=[("decoder.blocks.0.hook_resid_pre", lambda t, hook: fired.append((hook.block, hook.step)))],
+        blocks=[1],
+        **GEN,
     )
     assert fired == [(1, 0), (1, 1), (1, 2), (1, 3)]
 

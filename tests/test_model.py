@@ -21,7 +21,7 @@ def saved(tmp_path_factory):
 def test_load_model_roundtrip(saved):
     hm = di.load_model(saved)
     reference = di.tiny_model(di.tiny_config(vocab_size=64), seed=3)
-    for (name, a), (_, b) in zip(hm.model.state_dict().items(), reference.state_dict().items()):
+    for (name, a), (_, b) in zip(hm.model.state_dict().items(), reference.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert hm.tokenizer is not None and hm.tokenizer.pad_token_id == 0
     input_ids, mask = hm.to_tokens(["arith a=3 ? a", "seq copy 4 5"])

@@ -18,8 +18,11 @@ def recorded(small):
     input_ids, mask = make_prompts(96, 2, 0)
     torch.manual_seed(0)
     trajectory, cache = hm.run_with_cache(
-        input_ids, names_filter=["decoder.blocks.*.hook_resid_post", "encoder.hook_embed", "decoder.hook_logits"],
-        attention_mask=mask, record_logits=True, **GEN,
+        input_ids,
+        names_filter=["decoder.blocks.*.hook_resid_post", "encoder.hook_embed", "decoder.hook_logits"],
+        attention_mask=mask,
+        record_logits=True,
+        **GEN,
     )
     return trajectory, cache
 
@@ -36,7 +39,7 @@ def test_trajectory_fields_are_consistent(recorded):
             probs = (step.logits / step.temperature).softmax(-1)
             entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)
             torch.testing.assert_close(step.entropy, entropy, rtol=1e-4, atol=1e-5)
-        for earlier, later in zip(block.steps, block.steps[1:]):
+        for earlier, later in zip(block.steps, block.steps[1:], strict=False):
             assert torch.equal(later.canvas_in, earlier.canvas_out)
     assert torch.equal(trajectory.new_tokens()[:, :8], trajectory.blocks[0].final_canvas)
     assert trajectory.stack("entropy", 1).shape == (4, 2, 8)
@@ -47,14 +50,30 @@ def test_trajectory_save_load_roundtrip(recorded, tmp_path):
     loaded = di.Trajectory.load(trajectory.save(tmp_path / "traj.safetensors"))
     assert torch.equal(loaded.sequences, trajectory.sequences)
     assert loaded.generation == trajectory.generation and loaded.bottleneck == "continuous"
-    for a, b in zip(loaded.blocks, trajectory.blocks):
+    for a, b in zip(loaded.blocks, trajectory.blocks, strict=True):
         assert a.prefix_len == b.prefix_len
-        for x, y in zip(a.steps, b.steps):
+        for x, y in zip(a.steps, b.steps, strict=True):
             for name in ("canvas_in", "sampled", "argmax", "accepted", "canvas_out", "entropy", "active", "logits"):
                 assert torch.equal(getattr(x, name), getattr(y, name)), name
             assert x.temperature == y.temperature and x.hf_step == y.hf_step
+
+
+def test_loaded_trajectory_reruns_after_restoring_runtime(small, tmp_path):
+    model, hm = small
+    input_ids, mask = make_prompts(96, 2, 5)
+    torch.manual_seed(2)
+    trajectory = hm.generate(
+        input_ids, attention_mask=mask, record_logits=True, max_new_tokens=20, max_denoising_steps=4, pad_token_id=0
+    )
+    loaded = di.Trajectory.load(trajectory.save(tmp_path / "traj.safetensors"))
     with pytest.raises(ValueError, match="restore_runtime"):
-        di.HookedDiffusionGemma.step_inputs(None, loaded, 0, 1)
+        hm.step_inputs(loaded, 0, 1)
+    hm.restore_runtime(loaded)
+    for block in loaded.blocks:
+        for step in block.steps:
+            with torch.no_grad():
+                logits = model(**hm.step_inputs(loaded, block.block, step.step)).logits
+            assert torch.equal(logits, step.logits), (block.block, step.step)
 
 
 def test_cache_indexing_and_stack(recorded):
@@ -79,8 +98,15 @@ def test_cache_filters_device_dtype_positions(small):
     full_trajectory, full = hm.run_with_cache(input_ids, names_filter="decoder.blocks.0.*", attention_mask=mask, **GEN)
     torch.manual_seed(0)
     trajectory, cache = hm.run_with_cache(
-        input_ids, names_filter=["decoder.blocks.0.hook_resid_post", "decoder.blocks.0.attn.hook_pattern"],
-        steps=[1, 3], blocks=[1], positions=[0, 5], dtype=torch.float16, device="cpu", attention_mask=mask, **GEN,
+        input_ids,
+        names_filter=["decoder.blocks.0.hook_resid_post", "decoder.blocks.0.attn.hook_pattern"],
+        steps=[1, 3],
+        blocks=[1],
+        positions=[0, 5],
+        dtype=torch.float16,
+        device="cpu",
+        attention_mask=mask,
+        **GEN,
     )
     assert torch.equal(trajectory.sequences, full_trajectory.sequences)
     assert sorted(cache.keys()) == sorted(

@@ -101,8 +101,13 @@ def test_bottleneck_steps_rerun_exactly(small, mode):
     input_ids, mask = make_prompts(96, 2, 4)
     torch.manual_seed(0)
     trajectory = hm.generate(
-        input_ids, attention_mask=mask, bottleneck=mode, record_logits=True, max_new_tokens=16,
-        max_denoising_steps=5, confidence_threshold=6.0,
+        input_ids,
+        attention_mask=mask,
+        bottleneck=mode,
+        record_logits=True,
+        max_new_tokens=16,
+        max_denoising_steps=5,
+        confidence_threshold=6.0,
     )
     assert trajectory.bottleneck == mode
     _assert_steps_rerun_exactly(model, hm, trajectory)
