@@ -160,7 +160,20 @@ class _StepCapture:
         return forward
 
 
-def sample(
+def sample(hm, input_ids: torch.LongTensor, *args, enable_grad: bool = False, **kwargs) -> Trajectory:
+    """Generate like ``hm.model.generate`` and record the trajectory (see the module docstring).
+
+    Takes ``generate``'s arguments (``past_key_values``, ``streamer``, ``generation_config``,
+    ``logits_processor``, ``stopping_criteria`` and generation settings as keywords) plus
+    ``bottleneck=``; ``record_logits`` keeps every step's raw logits (on ``logits_device`` as
+    ``logits_dtype``); ``progress`` shows a progress bar over denoising steps; ``enable_grad`` keeps
+    autograd on (transformers' generate turns it off), for gradient-based instruments.
+    """
+    with torch.set_grad_enabled(enable_grad):
+        return _sample(hm, input_ids, *args, **kwargs)
+
+
+def _sample(
     hm,
     input_ids: torch.LongTensor,
     past_key_values=None,
@@ -174,47 +187,6 @@ def sample(
     logits_device: str | torch.device | None = None,
     logits_dtype: torch.dtype | None = None,
     progress: bool = False,
-    enable_grad: bool = False,
-    **kwargs,
-) -> Trajectory:
-    """Generate like ``hm.model.generate`` and record the trajectory (see the module docstring).
-
-    ``record_logits`` keeps every step's raw logits (on ``logits_device`` as ``logits_dtype``);
-    ``progress`` shows a progress bar over denoising steps; ``enable_grad`` keeps autograd on
-    (as transformers' generate does not), for gradient-based instruments.
-    """
-    with torch.set_grad_enabled(enable_grad):
-        return _sample(
-            hm,
-            input_ids,
-            past_key_values,
-            streamer,
-            generation_config,
-            logits_processor,
-            stopping_criteria,
-            bottleneck=bottleneck,
-            record_logits=record_logits,
-            logits_device=logits_device,
-            logits_dtype=logits_dtype,
-            progress=progress,
-            **kwargs,
-        )
-
-
-def _sample(
-    hm,
-    input_ids,
-    past_key_values,
-    streamer,
-    generation_config,
-    logits_processor,
-    stopping_criteria,
-    *,
-    bottleneck,
-    record_logits,
-    logits_device,
-    logits_dtype,
-    progress,
     **kwargs,
 ) -> Trajectory:
     model = hm.model

@@ -7,6 +7,9 @@ import torch
 
 import diffinterp as di
 
+# Tiny models gain nothing from intra-op threads, and spinning threads collapse under a busy CPU.
+torch.set_num_threads(1)
+
 # Three tiny configs differing in layer count, sliding/full mix, experts/top-k, canvas, vocab,
 # head layout and k=v sharing.
 TINY_CONFIGS = {
