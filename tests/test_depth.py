@@ -1,0 +1,128 @@
+"""Serial depth against hand-computed cases (rules in diffinterp/depth.py and serial-depth.md)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from diffinterp.depth import DepthTracer, serial_depth
+
+
+def log2c(n: int) -> int:
+    return math.ceil(math.log2(n)) if n > 1 else 0
+
+
+def test_relu_mlp_1_8_8_1_has_depth_11():
+    mlp = nn.Sequential(nn.Linear(1, 8, bias=False), nn.ReLU(), nn.Linear(8, 8, bias=False), nn.ReLU(),
+                        nn.Linear(8, 1, bias=False))
+    report = serial_depth(mlp, torch.randn(4, 1))
+    assert report.depth == 11  # (1 + 1) + (1 + 3 + 1) + (1 + 3)
+    assert report.by_module == {"0": 1, "1": 1, "2": 4, "3": 1, "4": 4}
+    assert [step.op for step in report.critical_path] == ["mm", "relu", "mm", "relu", "mm"]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 8, 1000])
+def test_matmul_contraction_sizes(k):
+    x, w = torch.randn(4, k), torch.randn(k, 3)
+    assert serial_depth(torch.matmul, x, w).depth == 1 + log2c(k)
+    # A bias is one more term of each output's sum.
+    assert serial_depth(nn.functional.linear, x, w.T, torch.randn(3)).depth == 1 + log2c(k + 1)
+    # Batched matmuls contract the same way.
+    assert serial_depth(torch.matmul, torch.randn(2, 4, k), torch.randn(2, k, 5)).depth == 1 + log2c(k)
+
+
+@pytest.mark.parametrize("n", [2, 5, 8, 1000])
+def test_softmax_is_max_sub_exp_sum_div(n):
+    assert serial_depth(torch.softmax, torch.randn(3, n), -1).depth == 2 * log2c(n) + 3
+
+
+def test_reductions_and_elementwise():
+    x = torch.randn(4, 6, 10)
+    assert serial_depth(lambda t: t.sum(-1), x).depth == 4
+    assert serial_depth(lambda t: t.mean((1, 2)), x).depth == 6  # 60 elements
+    assert serial_depth(lambda t: t.amax(), x).depth == 8  # 240 elements
+    assert serial_depth(lambda t: (t * 2 + 1).exp(), x).depth == 3
+    assert serial_depth(lambda t: t.reshape(24, 10).transpose(0, 1)[3:].contiguous(), x).depth == 0
+    assert serial_depth(lambda t: torch.cat([t, t * 2], 0), x).depth == 1
+
+
+def test_rmsnorm_as_diffusiongemma_computes_it():
+    from transformers.models.diffusion_gemma.modeling_diffusion_gemma import DiffusionGemmaRMSNorm
+
+    norm = DiffusionGemmaRMSNorm(64)
+    # pow (1), mean over 64 (6), + eps (1), pow -0.5 (1), x * (1), * weight (1)
+    assert serial_depth(norm, torch.randn(2, 3, 64)).depth == 11
+
+
+def test_a_loop_adds_its_body_per_iteration():
+    def loop(x, n):
+        for _ in range(n):
+            x = torch.tanh(x * 2)
+        return x
+
+    for n in (1, 5, 17):
+        assert serial_depth(loop, torch.randn(3), n).depth == 2 * n
+
+
+def attention_block(x, wq, wk, wv, wo):
+    q, k, v = x @ wq, x @ wk, x @ wv
+    scores = (q @ k.T) * (1.0 / math.sqrt(q.shape[-1]))
+    return x + torch.softmax(scores, -1) @ v @ wo
+
+
+def test_two_layer_attention_by_hand():
+    s, d = 8, 16
+    weights = [torch.randn(d, d) for _ in range(8)]
+
+    def two_layers(x):
+        return attention_block(attention_block(x, *weights[:4]), *weights[4:])
+
+    # Layer 1 from depth 0: q,k,v 1+4 = 5; q@k^T 5+1+4 = 10; scale 11; softmax over 8: 11+2*3+3 = 20;
+    # @v (contract 8): 20+1+3 = 24; @wo (contract 16): 24+5 = 29; + x: 30.
+    # Layer 2 from 30: q,k,v 35; scores 40; scale 41; softmax 50; @v 54; @wo 59; + x: 60.
+    report = serial_depth(two_layers, torch.randn(s, d))
+    assert report.depth == 60
+    assert sum(step.cost for step in report.critical_path) == 60
+
+
+def test_token_choices_reset_depth():
+    w1, embed, w2 = torch.randn(8, 16), torch.randn(16, 8), torch.randn(8, 4)
+
+    def step(x):
+        ids = (x @ w1).argmax(-1)  # depth resets: a discrete token
+        return embed[ids] @ w2
+
+    assert serial_depth(step, torch.randn(5, 8)).depth == 1 + 3
+
+    def sampled(x):
+        ids = torch.multinomial((x @ w1).softmax(-1), 1).squeeze(-1)
+        return embed[ids] @ w2
+
+    assert serial_depth(sampled, torch.randn(5, 8)).depth == 4
+
+    def top2(x):
+        values, ids = torch.topk(x @ w1, 2, dim=-1)
+        return embed[ids].sum(1) @ w2, values
+
+    report = serial_depth(top2, torch.randn(5, 8))
+    assert report.output_depths == [1 + 1 + 3, 1 + 3 + 4]  # ids reset; values carry the selection (log2 16)
+
+
+def test_marked_and_carried_depths():
+    w = torch.randn(8, 8)
+    with DepthTracer() as tracer:
+        h = torch.randn(2, 8) @ w  # 4
+        h = tracer.mark_interpretable(h * 3)
+        out = h @ w  # 4 again
+    assert tracer.report(out).depth == 4
+    assert serial_depth(lambda a: a @ w, torch.randn(2, 8), input_depths={0: 10}).depth == 14
+    with pytest.raises(ValueError, match="not a tensor argument"):
+        serial_depth(lambda a: a, torch.randn(1), input_depths={3: 1})
+
+
+def test_meta_tensors_need_no_memory():
+    big = nn.Linear(50_000, 50_000, bias=False, device="meta")
+    assert serial_depth(big, torch.randn(2, 50_000, device="meta")).depth == 1 + log2c(50_000)
