@@ -160,28 +160,35 @@ class DepthTracer(TorchDispatchMode):
         self._names = {id(m): name or type(m).__name__ for name, m in root.named_modules()} if root else {}
         self._stack: list[str] = []
         self._handles: list[Any] = []
+        self._entries = 0
         self.reset_ops = frozenset(reset_ops)
         self.op_counts: Counter[str] = Counter()
         self.unknown_ops: Counter[str] = Counter()
 
     # ------------------------------------------------------------------ context
     def __enter__(self):
-        from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+        # Re-entered (nested) to run decompositions through this mode: only the outermost entry
+        # owns the module hooks and the module stack.
+        if self._entries == 0:
+            from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
-        self._stack.clear()
-        self._handles = [
-            register_module_forward_pre_hook(self._enter_module),
-            register_module_forward_hook(self._exit_module, always_call=True),
-        ]
+            self._stack.clear()
+            self._handles = [
+                register_module_forward_pre_hook(self._enter_module),
+                register_module_forward_hook(self._exit_module, always_call=True),
+            ]
+        self._entries += 1
         return super().__enter__()
 
     def __exit__(self, *exc):
         try:
             return super().__exit__(*exc)
         finally:
-            for handle in self._handles:
-                handle.remove()
-            self._handles = []
+            self._entries -= 1
+            if self._entries == 0:
+                for handle in self._handles:
+                    handle.remove()
+                self._handles = []
 
     def _enter_module(self, module, _args):
         self._stack.append(self._names.get(id(module), type(module).__name__))
@@ -222,7 +229,7 @@ class DepthTracer(TorchDispatchMode):
         path.reverse()
         by_module: Counter[str] = Counter()
         for step in path:
-            by_module[step.module or "(input)"] += step.cost
+            by_module[step.module or "(outside modules)"] += step.cost
         return DepthReport(
             depth=max(depths),
             output_depths=depths,

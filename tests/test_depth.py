@@ -126,3 +126,13 @@ def test_marked_and_carried_depths():
 def test_meta_tensors_need_no_memory():
     big = nn.Linear(50_000, 50_000, bias=False, device="meta")
     assert serial_depth(big, torch.randn(2, 50_000, device="meta")).depth == 1 + log2c(50_000)
+
+
+def test_module_attribution_survives_decompositions_and_hooks_are_removed():
+    from torch.nn.modules import module as module_globals
+
+    block = nn.Sequential(nn.Linear(8, 8, bias=False), nn.GELU(approximate="tanh"), nn.Softmax(-1))
+    before = (len(module_globals._global_forward_pre_hooks), len(module_globals._global_forward_hooks))
+    report = serial_depth(block, torch.randn(2, 8))
+    assert set(report.by_module) == {"0", "1", "2"}
+    assert (len(module_globals._global_forward_pre_hooks), len(module_globals._global_forward_hooks)) == before
