@@ -153,3 +153,141 @@ def _next_signal(mode: Bottleneck, processed: torch.Tensor, sampled: torch.Tenso
     if mode.mode == "topk":
         return top_k_logits(processed, mode.k)
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's table
+
+PAPER_NAIVE_RATIO = 28.6
+PAPER_BOTTLENECK_RATIO = 1.1
+
+
+def chain_depth(step_depths: list[int], n_steps: int) -> int:
+    """Depth of the logits after ``n_steps`` chained steps, from the traced first steps.
+
+    Each step runs the identical decoder, so depth follows d[s+1] = max(d[s] + a, b) for fixed a, b:
+    once two consecutive increments agree, the chain continues with that increment. Traced steps
+    are used as they are; beyond them the recurrence is extrapolated, and a chain that has not
+    settled into it raises (trace more steps).
+    """
+    if n_steps <= len(step_depths):
+        return max(step_depths[:n_steps])
+    if len(step_depths) < 3:
+        raise ValueError("extrapolating a depth chain needs at least 3 traced steps")
+    last, previous = step_depths[-1] - step_depths[-2], step_depths[-2] - step_depths[-3]
+    if last != previous:
+        raise ValueError(
+            f"the traced depths {step_depths} have not settled into a fixed per-step increment; trace more steps"
+        )
+    return step_depths[-1] + (n_steps - len(step_depths)) * last
+
+
+@dataclass
+class TransparencyRow:
+    """One line of the table: a way of running the model, its depth and ratio to AR."""
+
+    model: str
+    signal: str
+    steps: int | None
+    depth: int
+    ratio_to_ar: float
+    paper_ratio: float | None = None
+    note: str = ""
+
+
+def transparency_table(
+    diffusion: DiffusionGemmaForBlockDiffusion,
+    ar: Gemma4ForCausalLM,
+    step_counts: list[int],
+    *,
+    prompt_len: int = 16,
+    topk: int = 8,
+    trace_steps: int = 4,
+    include_acceptance_variant: bool = True,
+) -> tuple[list[TransparencyRow], dict]:
+    """Depth of AR Gemma 4 per token and of DiffusionGemma under each signal mode, with ratios.
+
+    ``step_counts`` are the chain lengths N to report (e.g. 48, the default maximum, and the mean
+    number of steps a model uses); the first ``trace_steps`` steps of each mode are traced and
+    longer chains follow :func:`chain_depth` (``trace_steps >= max(step_counts)`` traces them all).
+    """
+    ar_report = ar_token_depth(ar, prompt_len)
+    d_ar = ar_report.depth
+    rows = [
+        TransparencyRow("AR Gemma 4", "token (argmax)", 1, d_ar, 1.0, note="one decode step on the prompt's KV cache")
+    ]
+    traces: dict[str, DiffusionDepths] = {}
+    variants = [("continuous", False), ("argmax", False), ("sample", False), (f"topk:{topk}", False), ("none", False)]
+    if include_acceptance_variant:
+        variants += [("continuous", True), ("argmax", True)]
+    n_trace = max(3, min(trace_steps, max(step_counts)))
+    for mode, through_acceptance in variants:
+        key = mode + (" +acceptance" if through_acceptance else "")
+        traces[key] = diffusion_step_depths(
+            diffusion, n_trace, mode, prompt_len=prompt_len, canvas_through_acceptance=through_acceptance
+        )
+    first = traces["argmax"].step_depths
+    rows.append(TransparencyRow("DiffusionGemma", "one step, no signal (step 0)", 1, first[0], first[0] / d_ar))
+    rows.append(
+        TransparencyRow(
+            "DiffusionGemma",
+            "one step, token signal",
+            1,
+            first[1],
+            first[1] / d_ar,
+            note="the self-conditioning input is a token (one-hot)",
+        )
+    )
+    paper = {"continuous": PAPER_NAIVE_RATIO, "argmax": PAPER_BOTTLENECK_RATIO, "sample": PAPER_BOTTLENECK_RATIO}
+    for n_steps in step_counts:
+        for key, trace in traces.items():
+            depth = chain_depth(trace.step_depths, n_steps)
+            mode = key.split(" ")[0]
+            note = "canvas inherits the acceptance mask's depth" if trace.canvas_through_acceptance else ""
+            rows.append(
+                TransparencyRow(
+                    "DiffusionGemma",
+                    key,
+                    n_steps,
+                    depth,
+                    depth / d_ar,
+                    paper.get(mode) if not trace.canvas_through_acceptance else None,
+                    note,
+                )
+            )
+    details = {
+        "ar_depth": d_ar,
+        "ar_by_layer": _by_layer(ar_report),
+        "traced_step_depths": {key: trace.step_depths for key, trace in traces.items()},
+        "diffusion_step_by_layer": _by_layer(traces["argmax"].last_step),
+        "steps_for_paper_naive_ratio": _steps_for_ratio(traces["continuous"].step_depths, d_ar, PAPER_NAIVE_RATIO),
+    }
+    return rows, details
+
+
+def _steps_for_ratio(step_depths: list[int], d_ar: int, ratio: float) -> float:
+    """Chain length at which the continuous chain reaches ``ratio`` × the AR depth."""
+    increment = step_depths[-1] - step_depths[-2]
+    return 1 + (ratio * d_ar - step_depths[0]) / increment
+
+
+def _by_layer(report: DepthReport) -> dict[str, int]:
+    """Critical-path cost per layer (and outside layers)."""
+    import re
+
+    grouped: dict[str, int] = {}
+    for name, cost in report.by_module.items():
+        match = re.search(r"layers\.(\d+)", name)
+        key = f"layer {int(match.group(1)):02d}" if match else name
+        grouped[key] = grouped.get(key, 0) + cost
+    return dict(sorted(grouped.items()))
+
+
+def format_table(rows: list[TransparencyRow]) -> str:
+    """The table as Markdown."""
+    lines = ["| model | self-conditioning signal | steps N | depth | × AR | paper |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        paper = f"{row.paper_ratio}×" if row.paper_ratio is not None else ""
+        steps = "" if row.steps is None else str(row.steps)
+        lines.append(f"| {row.model} | {row.signal} | {steps} | {row.depth} | {row.ratio_to_ar:.2f}× | {paper} |")
+    return "\n".join(lines)

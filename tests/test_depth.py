@@ -16,8 +16,9 @@ def log2c(n: int) -> int:
 
 
 def test_relu_mlp_1_8_8_1_has_depth_11():
-    mlp = nn.Sequential(nn.Linear(1, 8, bias=False), nn.ReLU(), nn.Linear(8, 8, bias=False), nn.ReLU(),
-                        nn.Linear(8, 1, bias=False))
+    mlp = nn.Sequential(
+        nn.Linear(1, 8, bias=False), nn.ReLU(), nn.Linear(8, 8, bias=False), nn.ReLU(), nn.Linear(8, 1, bias=False)
+    )
     report = serial_depth(mlp, torch.randn(4, 1))
     assert report.depth == 11  # (1 + 1) + (1 + 3 + 1) + (1 + 3)
     assert report.by_module == {"0": 1, "1": 1, "2": 4, "3": 1, "4": 4}
@@ -136,3 +137,66 @@ def test_module_attribution_survives_decompositions_and_hooks_are_removed():
     report = serial_depth(block, torch.randn(2, 8))
     assert set(report.by_module) == {"0", "1", "2"}
     assert (len(module_globals._global_forward_pre_hooks), len(module_globals._global_forward_hooks)) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole models (tiny configs on the meta device)
+
+
+@pytest.fixture(scope="module")
+def tiny_meta_models():
+    from case_studies.variable_transparency import depth_models
+
+    return depth_models("tiny")
+
+
+def test_bottlenecks_cut_the_chain_and_continuous_signal_does_not(tiny_meta_models):
+    from diffinterp.depth_accounting import diffusion_step_depths
+
+    diffusion, _ = tiny_meta_models
+    continuous = diffusion_step_depths(diffusion, 4, "continuous").step_depths
+    argmax = diffusion_step_depths(diffusion, 4, "argmax").step_depths
+    sample = diffusion_step_depths(diffusion, 4, "sample").step_depths
+    none = diffusion_step_depths(diffusion, 4, "none").step_depths
+    assert none == [none[0]] * 4
+    assert argmax == sample and argmax[1:] == [argmax[1]] * 3
+    assert argmax[1] > argmax[0]  # the token signal still runs through the soft embedding and the MLP
+    increments = [b - a for a, b in zip(continuous, continuous[1:], strict=False)]
+    assert len(set(increments)) == 1 and increments[0] > argmax[1] - argmax[0]
+
+
+def test_extrapolated_chains_equal_fully_traced_chains(tiny_meta_models):
+    from diffinterp.depth_accounting import chain_depth, diffusion_step_depths
+
+    diffusion, _ = tiny_meta_models
+    for mode in ("continuous", "topk:3", "argmax"):
+        full = diffusion_step_depths(diffusion, 10, mode).step_depths
+        short = full[:4]
+        assert [chain_depth(short, n) for n in range(1, 11)] == [max(full[:n]) for n in range(1, 11)], mode
+    with pytest.raises(ValueError, match="not settled"):
+        chain_depth([1, 5, 7], 10)
+
+
+def test_ar_token_depth_reads_the_kv_cache(tiny_meta_models):
+    from diffinterp.depth_accounting import ar_token_depth
+
+    _, ar = tiny_meta_models
+    report = ar_token_depth(ar, prompt_len=16)
+    assert report.depth > 0
+    assert any("self_attn" in name for name in report.by_module)
+    longer = ar_token_depth(ar, prompt_len=100)
+    assert longer.depth > report.depth  # attention sums over more cached keys: a deeper reduction
+
+
+def test_depth_cli_prints_the_table_quickly():
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "diffinterp.cli", "depth", "--config", "tiny", "--steps", "48", "20"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| DiffusionGemma | continuous | 48 |" in result.stdout and "28.6×" in result.stdout
