@@ -364,7 +364,8 @@ class HookedDiffusionGemma(HookedRootModule):
         """Run the instrumented sampler; a :class:`~diffinterp.trajectory.Trajectory`.
 
         Same arguments as ``hf_model.generate`` plus ``bottleneck=`` (continuous | argmax | topk:K |
-        sample | none), ``record_logits=`` and ``progress=``; ``input_ids`` may be prompt strings.
+        sample | none), ``record_logits=``, ``progress=``, ``enable_grad=`` and ``replay=`` (a
+        trajectory whose random draws to reuse); ``input_ids`` may be prompt strings.
         """
         from diffinterp.sampler import sample
 

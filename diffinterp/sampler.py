@@ -12,6 +12,8 @@ the same order and returns the same ``sequences``. What it adds:
   expressed as logits whose softmax is the bottlenecked distribution:
   ``argmax`` (one-hot of each position's argmax), ``topk:K`` (top-K renormalised), ``sample``
   (one-hot of the sampled token), ``none`` (zero signal, as at a block's first step).
+- ``replay=trajectory``: restore that run's RNG state before each block's and step's random draws,
+  so an intervened run samples with the same random numbers (the intervention is the only change).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 import torch
 
-from diffinterp.trajectory import BlockRecord, BlockRuntime, StepRecord, Trajectory
+from diffinterp.trajectory import BlockRecord, BlockRuntime, RngState, StepRecord, Trajectory
 
 BOTTLENECK_MODES = ("continuous", "argmax", "topk:K", "sample", "none")
 
@@ -128,7 +130,16 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 def resolve_run_limits(model, prompt_len: int, generation_config=None, **kwargs) -> tuple[int, int]:
     """(max denoising steps per block, max number of blocks) for these generation arguments."""
-    own = {"bottleneck", "record_logits", "logits_device", "logits_dtype", "progress", "enable_grad", "attention_mask"}
+    own = {
+        "bottleneck",
+        "record_logits",
+        "logits_device",
+        "logits_dtype",
+        "progress",
+        "enable_grad",
+        "attention_mask",
+        "replay",
+    }
     config, _ = model._prepare_generation_config(generation_config, **{k: v for k, v in kwargs.items() if k not in own})
     _, max_new_tokens = model._prepare_generated_length(config, prompt_len)
     return config.max_denoising_steps, math.ceil(max_new_tokens / model.config.canvas_length)
@@ -187,6 +198,7 @@ def _sample(
     logits_device: str | torch.device | None = None,
     logits_dtype: torch.dtype | None = None,
     progress: bool = False,
+    replay: Trajectory | None = None,
     **kwargs,
 ) -> Trajectory:
     model = hm.model
@@ -275,6 +287,7 @@ def _sample(
 
             # 1.b. Prepare the denoising loop.
             initial_self_conditioning = model_kwargs.get("self_conditioning_logits")
+            block_rng = _replayed_rng(replay, block, None)
             current_canvas, self_conditioning_logits, mask_mapping, finished_denoising = model._prepare_denoiser_inputs(
                 decoder_attention_mask=decoder_attention_mask,
                 past_key_values=past_key_values,
@@ -294,12 +307,13 @@ def _sample(
                 initial_self_conditioning=initial_self_conditioning,
                 model_kwargs=dict(model_kwargs),
             )
-            record = BlockRecord(block, input_ids.shape[1], [], current_canvas, runtime)
+            record = BlockRecord(block, input_ids.shape[1], [], current_canvas, runtime, rng_state=block_rng)
             blocks.append(record)
 
             # 1.c. Denoising steps (transformers counts cur_step down from N to 1).
             for step, cur_step in enumerate(reversed(range(1, generation_config.max_denoising_steps + 1))):
                 decoder_forward_passes += ~(finished_denoising | finished_sequences)
+                step_rng = _replayed_rng(replay, block, step)
                 finished_before = finished_denoising.clone()
                 canvas_in, signal_in = current_canvas, self_conditioning_logits
                 context.stack, context.block, context.step = "decoder", block, step
@@ -339,6 +353,7 @@ def _sample(
                         entropy=capture.values["entropy"],
                         active=~finished_before,
                         logits=logits,
+                        rng_state=step_rng,
                     )
                 )
                 bar.update(1)
@@ -396,6 +411,25 @@ def _sample(
         canvas_length=canvas_length,
         tokens_per_forward=tokens_per_forward,
     )
+
+
+def _replayed_rng(replay: Trajectory | None, block: int, step: int | None) -> RngState:
+    """The RNG state before a block's canvas draw (step None) or a step's draws.
+
+    With ``replay``, the state recorded there at the same (block, step) is restored first, so this
+    run makes the same random draws (coupled samples); past the replayed run's steps the stream
+    simply continues.
+    """
+    if replay is not None and block < len(replay.blocks):
+        recorded = replay.blocks[block]
+        state = (
+            recorded.rng_state
+            if step is None
+            else (recorded.steps[step].rng_state if step < recorded.n_steps else None)
+        )
+        if state is not None:
+            state.restore()
+    return RngState.capture()
 
 
 def _generation_summary(config, max_new_tokens: int, embeddings_dtype: torch.dtype) -> dict[str, Any]:

@@ -29,6 +29,24 @@ _STEP_TENSORS = ("canvas_in", "sampled", "argmax", "accepted", "canvas_out", "en
 
 
 @dataclass
+class RngState:
+    """Random-number-generator state before a draw: CPU (saved) and CUDA devices (in memory only)."""
+
+    cpu: torch.Tensor
+    cuda: list[torch.Tensor] | None = None
+
+    @classmethod
+    def capture(cls) -> RngState:
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        return cls(torch.get_rng_state(), cuda)
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+
+
+@dataclass
 class StepRecord:
     """One denoising step of one block (shapes in the module docstring)."""
 
@@ -43,6 +61,7 @@ class StepRecord:
     entropy: torch.Tensor
     active: torch.Tensor
     logits: torch.Tensor | None = None
+    rng_state: RngState | None = None
 
 
 @dataclass
@@ -67,6 +86,7 @@ class BlockRecord:
     steps: list[StepRecord]
     final_canvas: torch.Tensor
     runtime: BlockRuntime | None = None
+    rng_state: RngState | None = None
 
     @property
     def n_steps(self) -> int:
@@ -145,6 +165,8 @@ class Trajectory:
         blocks_meta = []
         for record in self.blocks:
             tensors[f"block{record.block}.final_canvas"] = record.final_canvas
+            if record.rng_state is not None:
+                tensors[f"block{record.block}.rng_state"] = record.rng_state.cpu
             steps_meta = []
             for step in record.steps:
                 prefix = f"block{record.block}.step{step.step}"
@@ -152,6 +174,8 @@ class Trajectory:
                     tensors[f"{prefix}.{name}"] = getattr(step, name)
                 if step.logits is not None:
                     tensors[f"{prefix}.logits"] = step.logits
+                if step.rng_state is not None:
+                    tensors[f"{prefix}.rng_state"] = step.rng_state.cpu
                 steps_meta.append({"step": step.step, "hf_step": step.hf_step, "temperature": step.temperature})
             blocks_meta.append({"block": record.block, "prefix_len": record.prefix_len, "steps": steps_meta})
         meta = {
@@ -173,9 +197,24 @@ class Trajectory:
                 for step_meta in block_meta["steps"]:
                     prefix = f"block{index}.step{step_meta['step']}"
                     values = {name: tensors[f"{prefix}.{name}"] for name in _STEP_TENSORS}
-                    steps.append(StepRecord(**step_meta, **values, logits=tensors.get(f"{prefix}.logits")))
+                    rng = tensors.get(f"{prefix}.rng_state")
+                    steps.append(
+                        StepRecord(
+                            **step_meta,
+                            **values,
+                            logits=tensors.get(f"{prefix}.logits"),
+                            rng_state=RngState(rng) if rng is not None else None,
+                        )
+                    )
+                block_rng = tensors.get(f"block{index}.rng_state")
                 blocks.append(
-                    BlockRecord(index, block_meta["prefix_len"], steps, tensors[f"block{index}.final_canvas"])
+                    BlockRecord(
+                        index,
+                        block_meta["prefix_len"],
+                        steps,
+                        tensors[f"block{index}.final_canvas"],
+                        rng_state=RngState(block_rng) if block_rng is not None else None,
+                    )
                 )
             return cls(
                 prompt_ids=tensors["prompt_ids"],

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
 
+import diffinterp as di
 from tests.conftest import make_prompts, no_torch_hooks
 
 
@@ -152,3 +153,32 @@ def test_bottleneck_rejects_unknown_modes(small):
         hm.generate(input_ids, bottleneck="hard")
     with pytest.raises(ValueError, match="positive integer"):
         hm.generate(input_ids, bottleneck="topk:0")
+
+
+def test_replay_reuses_the_random_draws(small, tmp_path):
+    """A run replaying a trajectory's RNG states samples the same draws wherever probabilities agree."""
+    model, hm = small
+    input_ids, mask = make_prompts(96, 2, 12)
+    kwargs = dict(attention_mask=mask, max_new_tokens=16, max_denoising_steps=5, record_logits=True)
+    torch.manual_seed(0)
+    clean = hm.generate(input_ids, **kwargs)
+    torch.manual_seed(12345)  # a different seed: only the replay can make the runs agree
+    again = hm.generate(input_ids, replay=clean, **kwargs)
+    assert torch.equal(again.sequences, clean.sequences)
+    torch.manual_seed(777)
+    patched = hm.run_with_hooks(
+        input_ids,
+        fwd_hooks=[("decoder.blocks.0.hook_mlp_out", lambda t, hook: t * 0.5)],
+        steps=[3],
+        blocks=[1],
+        replay=clean,
+        **kwargs,
+    )
+    for block in range(2):  # everything before the patch is identical, draws included
+        steps = range(5) if block == 0 else range(3)
+        for step in steps:
+            assert torch.equal(patched.steps[block][step].canvas_out, clean.steps[block][step].canvas_out)
+    assert not torch.equal(patched.steps[1][3].logits, clean.steps[1][3].logits)
+    loaded = di.Trajectory.load(clean.save(tmp_path / "clean.safetensors"))
+    torch.manual_seed(5)
+    assert torch.equal(hm.generate(input_ids, replay=loaded, **kwargs).sequences, clean.sequences)
