@@ -186,22 +186,27 @@ def save_tiny_random_checkpoint(folder: str | Path, config: DiffusionGemmaConfig
     return folder
 
 
-def validate_checkpoint_folder(path: Path) -> None:
-    """Raise a clear error unless ``path`` is an HF DiffusionGemma folder with safetensors weights."""
+def validate_checkpoint_folder(
+    path: Path,
+    model_type: str = DIFFUSION_MODEL_TYPE,
+    architecture: str = "DiffusionGemmaForBlockDiffusion",
+    loader: str = "diffinterp.load_model",
+) -> None:
+    """Raise a clear error unless ``path`` is an HF folder of ``model_type`` with safetensors weights."""
     if not path.is_dir():
         raise FileNotFoundError(f"no checkpoint folder at {path}: expected an HF folder with config.json")
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(f"{path} has no config.json: expected an HF DiffusionGemma folder")
+        raise FileNotFoundError(f"{path} has no config.json: expected an HF {architecture} folder")
     try:
         config = json.loads(config_file.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{config_file} is not valid JSON ({err}); the checkpoint folder is corrupted") from err
-    model_type = config.get("model_type")
-    if model_type != DIFFUSION_MODEL_TYPE:
+    found = config.get("model_type")
+    if found != model_type:
         raise ValueError(
-            f"{path} holds a '{model_type}' model ({config.get('architectures')}); diffinterp.load_model "
-            f"needs a '{DIFFUSION_MODEL_TYPE}' checkpoint (DiffusionGemmaForBlockDiffusion)"
+            f"{path} holds a '{found}' model ({config.get('architectures')}); {loader} "
+            f"needs a '{model_type}' checkpoint ({architecture})"
         )
     if not any(path.glob("*.safetensors")):
         pickles = sorted(p.name for p in path.glob("*.bin"))
