@@ -3,7 +3,8 @@
 All run in this one process on the same input and seed, interleaved in rotating order, so
 machine load affects them alike; the report gives medians and their ratios.
 
-    python benchmarks/cache_overhead.py [--model PATH] [--repeats 7] [--batch 4] [--json out/benchmarks/cache_overhead.json]
+    python benchmarks/cache_overhead.py [--model PATH] [--repeats 7] [--batch 4] [--threads N]
+                                        [--json out/benchmarks/cache_overhead.json]
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--names", default="*hook_resid_post", help="hooks to cache (glob)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", default="out/benchmarks/cache_overhead.json")
     args = parser.parse_args()
     if args.repeats < 5:
         parser.error("--repeats must be at least 5 (medians of fewer runs are too noisy)")
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     hm = di.load_model(args.model)
     prompt = checkpoint_metadata(args.model).get("demo_prompt", "a=3 b=a+4 ? b")
     input_ids, mask = hm.to_tokens([prompt] * args.batch)
