@@ -134,8 +134,9 @@ def accuracy_per_mode(results: dict[str, dict[str, dict]]):
         for index, mode in enumerate(modes):
             xs = [t + (index - (len(modes) - 1) / 2) * width for t in range(len(tasks))]
             values = [results[task][mode]["accuracy"] for task in tasks]
-            low = [v - results[task][mode]["ci_low"] for task, v in zip(tasks, values, strict=True)]
-            high = [results[task][mode]["ci_high"] - v for task, v in zip(tasks, values, strict=True)]
+            # Interval bounds can sit a rounding error inside the estimate at 0 or 1.
+            low = [max(0.0, v - results[task][mode]["ci_low"]) for task, v in zip(tasks, values, strict=True)]
+            high = [max(0.0, results[task][mode]["ci_high"] - v) for task, v in zip(tasks, values, strict=True)]
             ax.bar(xs, values, width, yerr=[low, high], capsize=2, color=_mode_colour(mode), label=mode)
         ax.set_xticks(range(len(tasks)))
         ax.set_xticklabels(tasks)
