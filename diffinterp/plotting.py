@@ -143,5 +143,5 @@ def accuracy_per_mode(results: dict[str, dict[str, dict]]):
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("exact match (95% CI)")
         ax.set_title("Accuracy by self-conditioning bottleneck")
-        ax.legend(fontsize=7, frameon=False, ncol=min(5, len(modes)))
+        ax.legend(fontsize=7, frameon=False, ncol=min(5, len(modes)), loc="upper center", bbox_to_anchor=(0.5, -0.1))
     return fig
