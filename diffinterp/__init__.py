@@ -18,6 +18,7 @@ from diffinterp.model import (
     tiny_model,
 )
 from diffinterp.sampler import BOTTLENECK_MODES, Bottleneck
+from diffinterp.toy.ar import load_ar_baseline
 from diffinterp.trajectory import BlockRecord, StepRecord, Trajectory
 
 __version__ = "0.1.0"
@@ -31,6 +32,7 @@ __all__ = [
     "HookedDiffusionGemma",
     "StepRecord",
     "Trajectory",
+    "load_ar_baseline",
     "load_hf_model",
     "load_model",
     "load_tokenizer",

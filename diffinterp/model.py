@@ -145,7 +145,7 @@ def meta_model(config: DiffusionGemmaConfig | None = None) -> DiffusionGemmaForB
     return model.eval()
 
 
-ASSETS = ("diffusion", "tiny-random")  # preference order: the trained toy model, else a random one
+ASSETS = ("diffusion",)  # the trained toy model (docs/model.md)
 METADATA_FILE = "diffinterp.json"  # our own facts about a checkpoint (demo prompt, tasks)
 
 
@@ -232,9 +232,16 @@ def load_hf_model(
     if device_map is not None:
         kwargs["device_map"] = device_map
     try:
-        model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(folder), **kwargs)
+        model, info = DiffusionGemmaForBlockDiffusion.from_pretrained(str(folder), output_loading_info=True, **kwargs)
     except (OSError, RuntimeError, ValueError, SafetensorError) as err:
         raise ValueError(f"could not load the checkpoint in {folder}: {err}") from err
+    # transformers fills absent weights with random values; a checkpoint missing any is corrupted.
+    missing = [key for key in info.get("missing_keys", []) if not key.startswith("lm_head.")]
+    if missing or info.get("mismatched_keys"):
+        raise ValueError(
+            f"the checkpoint in {folder} is incomplete or corrupted: missing weights {sorted(missing)[:5]}, "
+            f"mismatched {list(info.get('mismatched_keys', []))[:5]}"
+        )
     if device is not None:
         model = model.to(device)
     return model.eval()

@@ -59,6 +59,15 @@ def test_bad_folders_fail_clearly(saved, tmp_path):
     (other / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="holds a 'gemma4_text' model"):
         di.load_model(other)
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(saved, incomplete)
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(incomplete / "model.safetensors")
+    weights.pop(next(k for k in weights if "layers.0.mlp.up_proj" in k))
+    save_file(weights, incomplete / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="incomplete or corrupted: missing weights"):
+        di.load_model(incomplete)
     pickled = tmp_path / "pickled"
     shutil.copytree(saved, pickled)
     (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")

@@ -194,3 +194,16 @@ def test_eval_command_prints_json(capsys):
     assert args.func(args) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"task", "accuracy", "ci_low", "ci_high", "n"} <= row.keys() and row["n"] == 8 and row["task"] == "seq"
+
+
+def test_eval_command_passes_the_bottleneck_to_the_sampler(capsys):
+    import argparse
+
+    from diffinterp.toy.commands import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["eval", "--task", "mon", "--n", "8", "--bottleneck", "topk:3", "--json"])
+    assert args.func(args) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["bottleneck"] == "topk:3" and row["n"] == 8 and row["mean_steps_per_canvas"] >= 1

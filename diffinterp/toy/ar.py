@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -50,23 +49,9 @@ class ARBaseline:
 
 def validate_ar_folder(path: Path) -> None:
     """Raise a clear error unless ``path`` is an HF ``Gemma4ForCausalLM`` folder with safetensors."""
-    if not path.is_dir():
-        raise FileNotFoundError(f"no checkpoint folder at {path}: expected an HF folder with config.json")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{path} has no config.json: expected an HF Gemma4ForCausalLM folder")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_file} is not valid JSON ({err}); the checkpoint folder is corrupted") from err
-    if config.get("model_type") != AR_MODEL_TYPE:
-        raise ValueError(
-            f"{path} holds a '{config.get('model_type')}' model ({config.get('architectures')}); "
-            f"load_ar_baseline needs a '{AR_MODEL_TYPE}' checkpoint ({AR_ARCHITECTURE})"
-            + ("; load DiffusionGemma folders with diffinterp.load_model" if config.get("model_type") == "diffusion_gemma" else "")
-        )
-    if not any(path.glob("*.safetensors")):
-        raise FileNotFoundError(f"{path} has no *.safetensors weights")
+    from diffinterp.model import validate_checkpoint_folder
+
+    validate_checkpoint_folder(path, AR_MODEL_TYPE, AR_ARCHITECTURE, "load_ar_baseline")
 
 
 def load_ar_baseline(path: str | Path | None = None, *, device: str | None = None) -> ARBaseline:

@@ -34,13 +34,24 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the shipped recipe's)")
-    p.add_argument("--size", choices=("auto", "cpu", "gpu"), default="auto",
-                   help="model config: cpu (the shipped recipe) or gpu (bigger); auto picks gpu when CUDA is available")
+    p.add_argument(
+        "--size",
+        choices=("auto", "cpu", "gpu"),
+        default="auto",
+        help="model config: cpu (the shipped recipe) or gpu (bigger); auto picks gpu when CUDA is available",
+    )
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--eval-every", type=int, default=500, help="held-out eval period in steps")
     p.add_argument("--max-minutes", type=float, default=58.0, help="stop (and save) after this wall time")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="stop after this many steps, keeping the LR schedule of --steps (replays a time-capped run)",
+    )
+    p.add_argument("--init-from", default=None, help="warm-start from a saved folder (a further training stage)")
     p.set_defaults(func=run_train)
 
     e = subparsers.add_parser(
@@ -50,10 +61,14 @@ def register(subparsers) -> None:
         "held-out split of a toy task.",
     )
     e.add_argument("--task", required=True, help="arith, seq, hop, mon, or all")
-    e.add_argument("--model", default=None,
-                   help="checkpoint folder, 'ar' (bundled AR twin) or 'diffusion' (bundled, the default)")
-    e.add_argument("--bottleneck", default=None,
-                   help="self-conditioning bottleneck for the diffusion sampler: continuous, argmax, topk:K, sample, none")
+    e.add_argument(
+        "--model", default=None, help="checkpoint folder, 'ar' (bundled AR twin) or 'diffusion' (bundled, the default)"
+    )
+    e.add_argument(
+        "--bottleneck",
+        default=None,
+        help="self-conditioning bottleneck for the diffusion sampler: continuous, argmax, topk:K, sample, none",
+    )
     e.add_argument("--n", type=int, default=None, help="examples per task (default: the whole held-out set, 400)")
     e.add_argument("--batch-size", type=int, default=200)
     e.add_argument("--seed", type=int, default=0, help="sampler seed")
@@ -72,8 +87,16 @@ def run_train(args: argparse.Namespace) -> int:
         size = "gpu" if torch.cuda.is_available() else "cpu"
     device = "cuda" if size == "gpu" and torch.cuda.is_available() else "cpu"
     cfg = TrainConfig(
-        model=args.model, size=size, seed=args.seed, steps=args.steps or DEFAULT_STEPS[(args.model, size)],
-        threads=args.threads, eval_every=args.eval_every, max_minutes=args.max_minutes, device=device,
+        model=args.model,
+        size=size,
+        seed=args.seed,
+        steps=args.steps or DEFAULT_STEPS[(args.model, size)],
+        threads=args.threads,
+        eval_every=args.eval_every,
+        max_minutes=args.max_minutes,
+        device=device,
+        init_from=args.init_from,
+        stop_after=args.stop_after,
     )
     if args.batch_size:
         cfg.batch_size = args.batch_size
@@ -131,8 +154,16 @@ def run_eval(args: argparse.Namespace) -> int:
     tasks = T.TASKS if args.task == "all" else (args.task,)
     for task in tasks:
         t0 = time.time()
-        res = evaluate_task(model, task, n=args.n, model_kind=kind, batch_size=args.batch_size,
-                            bottleneck=args.bottleneck, seed=args.seed, **gen)
+        res = evaluate_task(
+            model,
+            task,
+            n=args.n,
+            model_kind=kind,
+            batch_size=args.batch_size,
+            bottleneck=args.bottleneck,
+            seed=args.seed,
+            **gen,
+        )
         res["model"] = str(path)
         res["seconds"] = round(time.time() - t0, 2)
         if args.json:
@@ -140,8 +171,11 @@ def run_eval(args: argparse.Namespace) -> int:
         else:
             steps = res["mean_steps_per_canvas"]
             unit = "tokens per answer" if kind == "ar" else "denoising steps per canvas"
-            print(f"{task:6s} exact match {res['accuracy']:.3f}  95% CI [{res['ci_low']:.3f}, {res['ci_high']:.3f}]  "
-                  f"n={res['n']}  mean {unit} {steps:.2f}", flush=True)
+            print(
+                f"{task:6s} exact match {res['accuracy']:.3f}  95% CI [{res['ci_low']:.3f}, {res['ci_high']:.3f}]  "
+                f"n={res['n']}  mean {unit} {steps:.2f}",
+                flush=True,
+            )
     return 0
 
 

@@ -2,7 +2,7 @@
 
 The diffusion model is evaluated through :func:`diffinterp.model.load_model` and
 ``HookedDiffusionGemma.generate`` (the exact replay of ``hf_model.generate``), in batches with left
-padding and an attention mask; the AR twin with ``Gemma4ForCausalLM.generate`` (greedy).
+padding and an attention mask; the AR twin with ``Gemma4ForCausalLM.generate`` (greedy) on ``<bos> prompt :``.
 
 A prediction is the generated text up to the first ``<eos>``; it is correct iff it equals the
 reference answer token for token. Accuracy comes with a 95% Wilson interval.
@@ -41,15 +41,29 @@ def _is_hooked(model) -> bool:
 
 
 @torch.no_grad()
-def predict(model, prompts: list[str], *, model_kind: str = "diffusion", bottleneck: str | None = None,
-            seed: int = EVAL_SEED, **gen_kwargs: Any) -> tuple[list[str], list[float]]:
+def predict(
+    model,
+    prompts: list[str],
+    *,
+    model_kind: str = "diffusion",
+    bottleneck: str | None = None,
+    seed: int = EVAL_SEED,
+    **gen_kwargs: Any,
+) -> tuple[list[str], list[float]]:
     """Predictions for ``prompts`` and the denoising steps each example's canvas used (AR: tokens)."""
-    ids, mask = prompt_batch(prompts)
+    ids, mask = prompt_batch(prompts, ar=model_kind == "ar")
     torch.manual_seed(seed)
     if model_kind == "ar":
-        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=CANVAS_LENGTH,
-                             pad_token_id=PAD_ID, eos_token_id=EOS_ID, **gen_kwargs)
-        new = out[:, ids.shape[1]:]
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=False,
+            max_new_tokens=CANVAS_LENGTH,
+            pad_token_id=PAD_ID,
+            eos_token_id=EOS_ID,
+            **gen_kwargs,
+        )
+        new = out[:, ids.shape[1] :]
         preds = [decode(row) for row in new]
         steps = [float(len(p.split()) + 1) for p in preds]
         return preds, steps
@@ -58,7 +72,7 @@ def predict(model, prompts: list[str], *, model_kind: str = "diffusion", bottlen
         if bottleneck is not None:
             gen_kwargs["bottleneck"] = bottleneck
         traj = model.generate(ids, attention_mask=mask, **gen_kwargs)
-        new = traj.sequences[:, traj.prompt_len:]
+        new = traj.sequences[:, traj.prompt_len :]
         active = torch.zeros(len(prompts))
         for block in traj.blocks:
             for step in block.steps:
@@ -69,15 +83,24 @@ def predict(model, prompts: list[str], *, model_kind: str = "diffusion", bottlen
         if bottleneck not in (None, "continuous"):
             raise ValueError("bottleneck= needs a HookedDiffusionGemma (diffinterp.load_model)")
         out = model.generate(input_ids=ids, attention_mask=mask, **gen_kwargs)
-        new = out.sequences[:, ids.shape[1]:]
+        new = out.sequences[:, ids.shape[1] :]
         steps = [float("nan")] * len(prompts)
     preds = [decode(row[:CANVAS_LENGTH]) for row in new]
     return preds, steps
 
 
-def evaluate_task(model, task: str, *, n: int | None = None, model_kind: str = "diffusion", batch_size: int = 200,
-                  bottleneck: str | None = None, seed: int = EVAL_SEED, examples: list | None = None,
-                  **gen_kwargs: Any) -> dict[str, Any]:
+def evaluate_task(
+    model,
+    task: str,
+    *,
+    n: int | None = None,
+    model_kind: str = "diffusion",
+    batch_size: int = 200,
+    bottleneck: str | None = None,
+    seed: int = EVAL_SEED,
+    examples: list | None = None,
+    **gen_kwargs: Any,
+) -> dict[str, Any]:
     """Exact-match accuracy of ``model`` on the held-out split of ``task`` (first ``n`` examples)."""
     exs = examples if examples is not None else T.test_set(task, n or T.DEFAULT_TEST_SIZE)
     if n is not None:
@@ -85,11 +108,17 @@ def evaluate_task(model, task: str, *, n: int | None = None, model_kind: str = "
     correct, steps = 0, []
     failures = []
     for start in range(0, len(exs), batch_size):
-        chunk = exs[start:start + batch_size]
-        preds, st = predict(model, [e.prompt for e in chunk], model_kind=model_kind, bottleneck=bottleneck,
-                            seed=seed + start, **gen_kwargs)
+        chunk = exs[start : start + batch_size]
+        preds, st = predict(
+            model,
+            [e.prompt for e in chunk],
+            model_kind=model_kind,
+            bottleneck=bottleneck,
+            seed=seed + start,
+            **gen_kwargs,
+        )
         steps.extend(st)
-        for e, p in zip(chunk, preds):
+        for e, p in zip(chunk, preds, strict=True):
             if T.exact_match(p, e):
                 correct += 1
             elif len(failures) < 5:

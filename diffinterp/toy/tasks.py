@@ -30,8 +30,8 @@ import hashlib
 import math
 import random
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 TASKS = ("arith", "seq", "hop", "mon")
 #: Sampling weights of the tasks in the training mixture (the two reasoning tasks get more).

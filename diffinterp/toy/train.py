@@ -11,8 +11,8 @@ canvas under cross-entropy over every canvas position. Self-conditioning is trai
 probability 1/2 (per batch) a first, no-grad pass on the same noisy canvas supplies its logits as
 ``self_conditioning_logits`` to the second pass; otherwise the second pass gets none.
 
-AR objective: next-token cross-entropy on ``<bos> prompt answer <eos>``, over the answer and
-``<eos>`` only.
+AR objective: next-token cross-entropy on ``<bos> prompt : answer <eos>``, over the answer and
+``<eos>`` only (``:`` marks where the prompt ends, see :data:`AR_SEP`).
 
     python -m diffinterp train --model diffusion --out DIR [--seed S]
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +33,10 @@ from diffinterp.toy import tasks as T
 from diffinterp.toy.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, build_tokenizer, token_ids
 
 CANVAS_LENGTH = 16  # longest answer (15 tokens) + <eos>
+#: The AR twin reads ``<bos> prompt : answer <eos>``: an autoregressive model needs a marker where its
+#: prompt ends (``seq copy 5 6 9 5 6 9`` is ambiguous without one); DiffusionGemma gets that boundary
+#: from its architecture (prompt in the encoder, answer on the canvas).
+AR_SEP = ":"
 MAX_PROMPT = 25  # longest prompt (24 tokens) + <bos>
 
 
@@ -110,7 +113,12 @@ def ar_config(size: str = "cpu"):
 
 
 def default_generation_config(**overrides):
-    """The sampler settings shipped with the diffusion checkpoint (tuned on the validation split)."""
+    """The sampler settings shipped with the diffusion checkpoint.
+
+    Chosen on a validation set (examples 400-799 of each task's held-out split, never the reported
+    400): 32 steps, temperature 1.0 -> 0.5, entropy bound 0.1, stop when the argmax canvas is stable
+    for 2 steps and mean entropy < 0.005 (see docs/model.md for the grid).
+    """
     from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
         DiffusionGemmaGenerationConfig,
         EntropyBoundSamplerConfig,
@@ -118,16 +126,16 @@ def default_generation_config(**overrides):
 
     settings = dict(
         max_new_tokens=CANVAS_LENGTH,
-        max_denoising_steps=16,
-        t_min=0.1,
-        t_max=0.4,
-        stability_threshold=1,
+        max_denoising_steps=32,
+        t_min=0.5,
+        t_max=1.0,
+        stability_threshold=2,
         confidence_threshold=0.005,
         bos_token_id=BOS_ID,
         pad_token_id=PAD_ID,
         eos_token_id=EOS_ID,
     )
-    entropy_bound = overrides.pop("entropy_bound", 0.5)
+    entropy_bound = overrides.pop("entropy_bound", 0.1)
     settings.update(overrides)
     return DiffusionGemmaGenerationConfig(
         sampler_config=EntropyBoundSamplerConfig(entropy_bound=float(entropy_bound)), **settings
@@ -135,9 +143,9 @@ def default_generation_config(**overrides):
 
 
 # ------------------------------------------------------------------ batches
-def prompt_batch(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``<bos> prompt`` ids, left-padded to the longest, and the attention mask. [batch, P]"""
-    rows = [[BOS_ID] + token_ids(p) for p in prompts]
+def prompt_batch(prompts: list[str], *, ar: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``<bos> prompt`` ids (``ar``: ``<bos> prompt :``), left-padded to the longest, and the attention mask. [batch, P]"""
+    rows = [[BOS_ID] + token_ids(f"{p} {AR_SEP}" if ar else p) for p in prompts]
     width = max(map(len, rows))
     ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -159,20 +167,20 @@ def canvas_batch(answers: list[str], canvas_length: int = CANVAS_LENGTH) -> torc
 
 
 def ar_batch(prompts: list[str], answers: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``<bos> prompt answer <eos>`` left-padded, attention mask, labels (-100 outside answer+eos)."""
+    """``<bos> prompt : answer <eos>`` left-padded, attention mask, labels (-100 outside answer+eos)."""
     rows, labs = [], []
-    for p, a in zip(prompts, answers):
-        pi, ai = [BOS_ID] + token_ids(p), token_ids(a) + [EOS_ID]
+    for p, a in zip(prompts, answers, strict=True):
+        pi, ai = [BOS_ID] + token_ids(f"{p} {AR_SEP}"), token_ids(a) + [EOS_ID]
         rows.append(pi + ai)
         labs.append([-100] * len(pi) + ai)
     width = max(map(len, rows))
     ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
     mask = torch.zeros_like(ids)
     labels = torch.full_like(ids, -100)
-    for i, (r, l) in enumerate(zip(rows, labs)):
+    for i, (r, lab) in enumerate(zip(rows, labs, strict=True)):
         ids[i, width - len(r) :] = torch.tensor(r)
         mask[i, width - len(r) :] = 1
-        labels[i, width - len(r) :] = torch.tensor(l)
+        labels[i, width - len(r) :] = torch.tensor(lab)
     return ids, mask, labels
 
 
@@ -180,9 +188,9 @@ def ar_batch(prompts: list[str], answers: list[str]) -> tuple[torch.Tensor, torc
 def corrupt(canvas: torch.Tensor, vocab_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Uniform-state corruption: each position -> uniform random token with prob ``t ~ U(0, 1]``."""
     b, n = canvas.shape
-    t = 1.0 - torch.rand(b, 1, generator=generator)  # (0, 1]
-    replace = torch.rand(b, n, generator=generator) < t
-    noise = torch.randint(0, vocab_size, (b, n), generator=generator)
+    t = 1.0 - torch.rand(b, 1, generator=generator)  # (0, 1]; drawn on the CPU generator on every device
+    replace = (torch.rand(b, n, generator=generator) < t).to(canvas.device)
+    noise = torch.randint(0, vocab_size, (b, n), generator=generator).to(canvas.device)
     return torch.where(replace, noise, canvas), t
 
 
@@ -191,8 +199,9 @@ def diffusion_loss(model, input_ids, attention_mask, canvas, generator: torch.Ge
     vocab = model.config.text_config.vocab_size
     noisy, _ = corrupt(canvas, vocab, generator)
     dec_mask = F.pad(attention_mask, (0, canvas.shape[1]), value=1)
-    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=noisy,
-                  decoder_attention_mask=dec_mask)
+    kwargs = dict(
+        input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=noisy, decoder_attention_mask=dec_mask
+    )
     sc_logits = None
     if torch.rand(1, generator=generator).item() < 0.5:
         with torch.no_grad():
@@ -223,6 +232,8 @@ class TrainConfig:
     threads: int = 2
     max_minutes: float = 58.0
     device: str = "cpu"
+    init_from: str | None = None  # warm start from a saved folder (a second training stage)
+    stop_after: int | None = None  # stop after this many steps (the LR schedule still spans ``steps``)
     extra: dict = field(default_factory=dict)
 
 
@@ -235,6 +246,11 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 def build_model(cfg: TrainConfig):
     torch.manual_seed(cfg.seed)
+    if cfg.init_from:
+        from transformers import DiffusionGemmaForBlockDiffusion, Gemma4ForCausalLM
+
+        cls = DiffusionGemmaForBlockDiffusion if cfg.model == "diffusion" else Gemma4ForCausalLM
+        return cls.from_pretrained(cfg.init_from, use_safetensors=True).to(cfg.device)
     if cfg.model == "diffusion":
         from transformers import DiffusionGemmaForBlockDiffusion
 
@@ -270,7 +286,7 @@ def loss_on(model, batch, cfg: TrainConfig, generator) -> torch.Tensor:
 def train_losses(cfg: TrainConfig, n_steps: int) -> list[float]:
     """Losses of the first ``n_steps`` optimizer steps (used by the reproducibility test)."""
     losses: list[float] = []
-    _run(cfg, n_steps=n_steps, on_step=lambda s, l: losses.append(l), quiet=True)
+    _run(cfg, n_steps=n_steps, on_step=lambda _step, loss: losses.append(loss), quiet=True)
     return losses
 
 
@@ -284,9 +300,10 @@ def _run(cfg: TrainConfig, n_steps: int | None = None, on_step=None, quiet: bool
         (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.98),
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
     )
-    total = n_steps if n_steps is not None else cfg.steps
+    total = n_steps if n_steps is not None else min(cfg.steps, cfg.stop_after or cfg.steps)
     data = batches(cfg)
     t0 = time.time()
     bar = None
@@ -348,7 +365,9 @@ def save_loss_curve(history: list[dict], path: Path, title: str) -> None:
     steps = [h["step"] for h in history]
     losses = [h["loss"] for h in history]
     k = 50
-    smooth = [sum(losses[max(0, i - k + 1) : i + 1]) / len(losses[max(0, i - k + 1) : i + 1]) for i in range(len(losses))]
+    smooth = [
+        sum(losses[max(0, i - k + 1) : i + 1]) / len(losses[max(0, i - k + 1) : i + 1]) for i in range(len(losses))
+    ]
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
     ax[0].plot(steps, losses, alpha=0.25, lw=0.6, label="loss")
     ax[0].plot(steps, smooth, lw=1.5, label=f"mean of {k}")
@@ -358,7 +377,9 @@ def save_loss_curve(history: list[dict], path: Path, title: str) -> None:
     ax[0].legend()
     evals = [h for h in history if "eval" in h]
     for task in T.TASKS:
-        ax[1].plot([h["step"] + 1 for h in evals], [h["eval"].get(task, float("nan")) for h in evals], marker="o", label=task)
+        ax[1].plot(
+            [h["step"] + 1 for h in evals], [h["eval"].get(task, float("nan")) for h in evals], marker="o", label=task
+        )
     ax[1].set_ylim(0, 1.02)
     ax[1].set_xlabel("optimizer step")
     ax[1].set_ylabel("held-out exact match (sample)")
@@ -388,10 +409,23 @@ def train(cfg: TrainConfig, out: str | Path) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     build_tokenizer().save_pretrained(out)
     save_loss_curve(history, out / "loss_curve.png", f"{cfg.model} ({cfg.size} config, seed {cfg.seed})")
-    log = {"train_config": asdict(cfg), "minutes": minutes, "steps_run": len(history),
-           "final_loss_mean_100": sum(h["loss"] for h in history[-100:]) / min(100, len(history)),
-           "evals": [{"step": h["step"] + 1, **h["eval"]} for h in history if "eval" in h],
-           "torch": torch.__version__, "threads": cfg.threads}
+    log = {
+        "train_config": asdict(cfg),
+        "minutes": minutes,
+        "steps_run": len(history),
+        "final_loss_mean_100": sum(h["loss"] for h in history[-100:]) / min(100, len(history)),
+        "evals": [{"step": h["step"] + 1, **h["eval"]} for h in history if "eval" in h],
+        "torch": torch.__version__,
+        "threads": cfg.threads,
+    }
     (out / "training_log.json").write_text(json.dumps(log, indent=1))
+    meta = {
+        "demo_prompt": "arith a=3 b=a+4 c=b*2 ? c",
+        "trained": True,
+        "tasks": list(T.TASKS),
+        "model": cfg.model,
+        "docs": "docs/model.md",
+    }
+    (out / "diffinterp.json").write_text(json.dumps(meta, indent=2))
     (out / "loss_history.json").write_text(json.dumps([[h["step"], round(h["loss"], 5)] for h in history]))
     return out
