@@ -5,6 +5,7 @@ hm = di.load_model()                                  # bundled checkpoint, or a
 traj, cache = hm.run_with_cache(input_ids, names_filter=lambda n: n.endswith("resid_post"))
 """
 
+from diffinterp import depth, lens, patching, probes
 from diffinterp.cache import CacheBudgetError, DenoisingCache
 from diffinterp.hooks import HookedDiffusionGemma
 from diffinterp.model import (
@@ -32,11 +33,15 @@ __all__ = [
     "HookedDiffusionGemma",
     "StepRecord",
     "Trajectory",
+    "depth",
+    "lens",
     "load_ar_baseline",
     "load_hf_model",
     "load_model",
     "load_tokenizer",
     "meta_model",
+    "patching",
+    "probes",
     "real_config",
     "real_generation_config",
     "tiny_config",

@@ -85,7 +85,7 @@ def save_figure(fig, path: str | Path) -> list[Path]:
     written = []
     for suffix in (".png", ".svg"):
         target = stem.with_suffix(suffix)
-        fig.savefig(target)
+        fig.savefig(target, bbox_inches="tight")
         written.append(target)
     plt.close(fig)
     return written
