@@ -61,7 +61,7 @@ def depth_table(config: str = "real", step_counts=(48,), *, ar_path=None, prompt
     )
 
 
-def bottleneck_accuracy(hm, modes=DEFAULT_MODES, tasks=None, n: int = 100) -> dict[str, Any]:
+def bottleneck_accuracy(hm, modes=DEFAULT_MODES, tasks=None, n: int = 100, seed: int = 0) -> dict[str, Any]:
     """Accuracy per task and mode (with 95% CIs), mean steps, and agreement with continuous outputs."""
     from diffinterp.toy import tasks as toy_tasks
     from diffinterp.toy.evaluate import predict
@@ -73,7 +73,7 @@ def bottleneck_accuracy(hm, modes=DEFAULT_MODES, tasks=None, n: int = 100) -> di
         outputs = {}
         results[task] = {}
         for mode in modes:
-            predictions, steps = predict(hm, prompts, bottleneck=mode)
+            predictions, steps = predict(hm, prompts, bottleneck=mode, seed=seed)
             outputs[mode] = predictions
             correct = sum(toy_tasks.exact_match(p, e) for p, e in zip(predictions, examples, strict=True))
             low, high = toy_tasks.wilson_interval(correct, len(examples))
@@ -98,13 +98,16 @@ def run(
     modes=DEFAULT_MODES,
     tasks=None,
     max_steps: int = 48,
+    seed: int = 0,
+    quick: bool = False,
 ) -> dict[str, Any]:
     """Run both parts on ``model`` (default: the bundled one); write metrics and figures; the metrics."""
     import diffinterp as di
 
     out = Path(out_dir)
     hm = model if model is not None else di.load_model()
-    accuracy = bottleneck_accuracy(hm, modes, tasks, n)
+    n = min(n, 24) if quick else n
+    accuracy = bottleneck_accuracy(hm, modes, tasks, n, seed)
     continuous = [per_mode[modes[0]]["mean_steps_per_canvas"] for per_mode in accuracy.values()]
     mean_steps = sum(continuous) / len(continuous)
     step_counts = [max_steps, max(1, round(mean_steps))]

@@ -77,7 +77,42 @@ def cmd_demo(args) -> int:
         )
     trajectory.save(out / "trajectory.safetensors")
     print("wrote " + ", ".join(str(p) for p in written + [out / "trajectory.safetensors"]))
+    if not args.no_studies:
+        report = run_demo_studies(hm, out, seed=args.seed)
+        print(f"report: {report}")
     return 0
+
+
+DEMO_STUDIES = ("non-chronological", "smearing", "intermediate-context", "monitorability")
+
+
+def run_demo_studies(hm, out: Path, *, seed: int = 0) -> Path:
+    """The quick version of each algorithmic-transparency study into ``out/NAME``; a one-page report."""
+    import importlib
+    import time
+
+    from case_studies import STUDIES
+    from diffinterp.report import StudyResult, write_report
+
+    results = []
+    for name in DEMO_STUDIES:
+        module = importlib.import_module(STUDIES[name])
+        folder = out / name.replace("-", "_")
+        print(f"case study {name} (quick) ...", flush=True)
+        start = time.perf_counter()
+        torch.manual_seed(seed)
+        metrics = module.run(hm, out_dir=folder, seed=seed, quick=True)
+        seconds = time.perf_counter() - start
+        description = " ".join((module.__doc__ or "").strip().split("\n\n")[0].split())  # first paragraph
+        results.append(StudyResult(name, folder, metrics, seconds, description))
+        print(f"  done in {seconds:.0f} s -> {folder}/metrics.json", flush=True)
+    preamble = (
+        "Quick versions (small samples) of the case studies on the model the demo ran; `diffinterp case-study "
+        "NAME --n 100` runs the full ones. Produced by `diffinterp demo`.\n\n"
+        "The demo's own trajectory (one prompt, every step):\n\n"
+        "![canvas evolution](canvas_evolution_block0.png)\n![entropy heatmap](entropy_heatmap_block0.png)"
+    )
+    return write_report(out / "report.md", results, title="diffinterp demo: case studies", preamble=preamble)
 
 
 def cmd_hooks(args) -> int:
@@ -155,20 +190,20 @@ def cmd_depth(args) -> int:
     return 0
 
 
-CASE_STUDIES = {"variable-transparency": "case_studies.variable_transparency"}
-
-
 def cmd_case_study(args) -> int:
     """Run a case study and write its metrics and figures."""
     import importlib
     import json
 
+    from case_studies import STUDIES
     from diffinterp.model import load_model
 
-    module = importlib.import_module(CASE_STUDIES[args.name])
+    module = importlib.import_module(STUDIES[args.name])
     out = args.out or f"out/{args.name.replace('-', '_')}"
-    metrics = module.run(load_model(args.model), n=args.n, out_dir=out)
-    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}, indent=2))
+    torch.manual_seed(args.seed)
+    metrics = module.run(load_model(args.model), n=args.n, out_dir=out, seed=args.seed, quick=args.quick)
+    summary = metrics.get("summary", {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))})
+    print(json.dumps(summary, indent=2, default=str))
     print(f"wrote {out}/metrics.json and figures")
     return 0
 
@@ -181,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_args(demo)
     demo.add_argument("--prompt", default=None)
     demo.add_argument("--out", default="out/demo")
+    demo.add_argument("--no-studies", action="store_true", help="skip the quick case studies and the report")
     demo.set_defaults(func=cmd_demo)
 
     hooks = commands.add_parser("hooks", help="list hook names with their shapes")
@@ -212,14 +248,22 @@ def build_parser() -> argparse.ArgumentParser:
     depth.set_defaults(func=cmd_depth)
 
     study = commands.add_parser("case-study", help="run a case study; metrics.json and figures in out/NAME/")
-    study.add_argument("name", choices=sorted(CASE_STUDIES))
+    study.add_argument("name", choices=_study_names())
     study.add_argument("--model", default=None, help="HF DiffusionGemma folder (default: the bundled checkpoint)")
     study.add_argument("--n", type=int, default=100, help="examples per task")
-    study.add_argument("--out", default=None)
+    study.add_argument("--out", default=None, help="output folder (default: out/NAME)")
+    study.add_argument("--seed", type=int, default=0)
+    study.add_argument("--quick", action="store_true", help="the short version `diffinterp demo` runs")
     study.set_defaults(func=cmd_case_study)
 
     _register_optional(commands)
     return parser
+
+
+def _study_names() -> list[str]:
+    from case_studies import STUDIES
+
+    return sorted(STUDIES)
 
 
 def _register_optional(commands) -> None:

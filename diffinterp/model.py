@@ -96,6 +96,30 @@ def tiny_config(**overrides: Any) -> DiffusionGemmaConfig:
     return DiffusionGemmaConfig(text_config=text, vision_config=dict(MINIMAL_VISION_CONFIG), **top)
 
 
+def real_pattern_tiny_config(vocab_size: int = 200, **overrides: Any) -> DiffusionGemmaConfig:
+    """A tiny config with the released 26B-A4B's layer pattern (its ``layer_types``: 30 layers,
+    5 sliding : 1 full) and its own vocabulary size (default 200, unlike the toy tokenizer's 64):
+    a shape-level stand-in for the real model that runs in seconds on a CPU."""
+    layer_types = list(real_config().text_config.layer_types)
+    settings: dict[str, Any] = dict(
+        num_hidden_layers=len(layer_types),
+        layer_types=layer_types,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=48,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        global_head_dim=16,
+        moe_intermediate_size=16,
+        num_experts=8,
+        top_k_experts=2,
+        canvas_length=12,
+    )
+    settings.update(overrides)
+    return tiny_config(**settings)
+
+
 def tiny_model(config: DiffusionGemmaConfig | None = None, *, seed: int = 0) -> DiffusionGemmaForBlockDiffusion:
     """A randomly initialised DiffusionGemma (eval mode) from ``config`` (default ``tiny_config()``)."""
     config = config if config is not None else tiny_config()

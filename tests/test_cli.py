@@ -30,7 +30,7 @@ def test_hooks_lists_the_real_model_from_the_meta_device():
 
 
 def test_demo_writes_figures(tmp_path):
-    result = run_cli("demo", "--out", str(tmp_path / "demo"), "--max-new-tokens", "8", "--steps", "3")
+    result = run_cli("demo", "--out", str(tmp_path / "demo"), "--max-new-tokens", "8", "--steps", "3", "--no-studies")
     assert result.returncode == 0, result.stderr
     assert "step   2" in result.stdout
     for name in ("canvas_evolution_block0", "entropy_heatmap_block0"):
@@ -66,3 +66,37 @@ def test_cli_errors_are_clear(tmp_path):
     result = run_cli("run", "--prompt", "a", "--cache", "decoder.blocks.0.hook_resid", "--out", str(tmp_path / "x"))
     assert result.returncode == 2
     assert "did you mean 'decoder.blocks.0.hook_resid_pre'" in result.stderr
+
+
+def test_demo_runs_the_case_studies_and_links_every_figure(tmp_path):
+    """`diffinterp demo` (the README's main job): quick studies + a report whose links all resolve."""
+    import json
+    import re
+
+    out = tmp_path / "demo"
+    start = time.perf_counter()
+    result = run_cli("demo", "--out", str(out))
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr
+    assert elapsed < 300  # the issue's budget for the demo on 2 cores
+    report = (out / "report.md").read_text()
+    for name in ("non-chronological", "smearing", "intermediate-context", "monitorability"):
+        metrics = json.loads((out / name.replace("-", "_") / "metrics.json").read_text())
+        assert metrics["summary"] and metrics["figures"], name
+        assert f"## {name}" in report
+    links = re.findall(r"\]\(([^)#]+)\)", report)
+    assert len(links) >= 4 + 2 + 4  # metrics files, the demo's figures, at least a figure per study
+    for link in links:
+        assert (out / link).is_file(), link
+
+
+def test_case_study_command_writes_metrics(tmp_path):
+    import json
+
+    result = run_cli("case-study", "self-correction", "--quick", "--out", str(tmp_path / "sc"), "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "sc" / "metrics.json").read_text())
+    assert metrics["options"]["seed"] == 3 and metrics["options"]["quick"] is True
+    assert json.loads(result.stdout[: result.stdout.rindex("}") + 1]) == metrics["summary"]
+    bad = run_cli("case-study", "no-such-study")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr and "self-correction" in bad.stderr

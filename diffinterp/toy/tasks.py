@@ -27,7 +27,6 @@ bucket (1 in 10), so training and test are disjoint by construction, whatever th
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 import string
 from collections.abc import Callable
@@ -191,11 +190,7 @@ def exact_match(prediction: str, example: Example) -> bool:
 
 
 def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval for ``k`` successes in ``n`` trials."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    """95% Wilson score interval for ``k`` successes in ``n`` trials (see :mod:`diffinterp.stats`)."""
+    from diffinterp.stats import wilson_interval as interval
+
+    return interval(k, n, z)

@@ -1,0 +1,195 @@
+"""Token and sequence smearing: how often an intermediate canvas spreads a token over neighbouring
+positions, or shifts a run of tokens, before the canvas resolves (definitions in
+:mod:`diffinterp.smearing`).
+
+    from case_studies import smearing
+    metrics = smearing.run(n=100, out_dir="out/smearing")
+
+Per task (the four toy tasks; seeded random prompts on a model without the toy tokenizer): one
+seeded run with recorded logits; every intermediate canvas is scanned for token smears (argmax and
+sampled canvases), soft token smears (logits) and sequence smears (against the final canvas and the
+next step's). Rates per sample, per canvas, per step and relative step (95% CIs); the sample rate
+among correct vs incorrect outputs and per output length; examples; figures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from diffinterp import smearing as sm
+from diffinterp import stats
+from diffinterp.plotting import token_labels
+from diffinterp.studies import (
+    RANDOM_TASK,
+    StudyOutput,
+    model_info,
+    output_tokens,
+    prompt_set,
+    run_prompt_set,
+    special_ids,
+    uses_toy_tokenizer,
+)
+
+QUICK_N = 24
+HEADLINE = ("token", "sequence")
+N_EXAMPLES = 3
+
+
+def _example(hm, task: str, kind: str, batch, event, offset: int) -> dict[str, Any]:
+    """One event of a batch with the decoded canvas at its step and the final canvas (for the doc)."""
+    field = "sampled" if kind == "token_sampled" else "argmax"
+    canvas = batch.trajectory.stack(field, event.block)[event.step, event.row]
+    prompts = batch.prompts
+    prompt = prompts.texts[event.row] if prompts.texts else " ".join(token_labels(prompts.input_ids[event.row]))
+    example = {
+        "kind": kind,
+        "task": task,
+        **asdict(replace(event, row=event.row + offset)),
+        "prompt": prompt,
+        "canvas": " ".join(token_labels(canvas, hm.tokenizer)),
+        "final": " ".join(token_labels(batch.trajectory.blocks[event.block].final_canvas[event.row], hm.tokenizer)),
+    }
+    if kind == "sequence_next":
+        following = batch.trajectory.stack("argmax", event.block)[event.step + 1, event.row]
+        example["next_canvas"] = " ".join(token_labels(following, hm.tokenizer))
+    return example
+
+
+def _displacements(trajectory, eos: int, ignore, max_distance: int):
+    """Per block, :func:`sm.displacement_counts` of the argmax canvases over the intermediate canvases."""
+    finals = [record.final_canvas.cpu() for record in trajectory.blocks]
+    for index, live in enumerate(sm.live_rows(finals, eos)):
+        mask = sm.intermediate_mask(trajectory.stack("active", index).cpu(), live)
+        canvases = trajectory.stack("argmax", index).cpu()
+        yield sm.displacement_counts(canvases, finals[index], mask, max_distance=max_distance, ignore=ignore)
+
+
+def _grouped(scan: sm.SmearScan, groups: dict[Any, list[int]]) -> dict[str, dict]:
+    return {str(key): stats.proportion_of(sm.row_flags(scan, rows)) for key, rows in groups.items() if rows}
+
+
+def run(
+    model=None,
+    *,
+    n: int = 100,
+    out_dir: str | Path = "out/smearing",
+    seed: int = 0,
+    quick: bool = False,
+    tasks=None,
+    window: int = 2,
+    min_width: int = 2,
+    min_run: int = 3,
+    max_shift: int = 3,
+    max_unshifted: float = 0.5,
+    soft_threshold: float = 0.3,
+    include_special: bool = False,
+    batch_size: int = 64,
+    **gen_kwargs: Any,
+) -> dict[str, Any]:
+    """Measure smearing on ``model`` (default: the bundled one); write metrics.json and figures."""
+    import diffinterp as di
+    from diffinterp.toy.tasks import TASKS
+
+    hm = model if model is not None else di.load_model()
+    n = min(n, QUICK_N) if quick else n
+    toy = uses_toy_tokenizer(hm)
+    tasks = list(tasks or (TASKS if toy else (RANDOM_TASK,)))
+    eos, pad = special_ids(hm)
+    ignore = () if include_special else (eos, pad)
+    options = dict(window=window, min_width=min_width, min_run=min_run, max_shift=max_shift)
+    options.update(max_unshifted=max_unshifted, threshold=soft_threshold)
+    results, examples, shifts, showcase = {}, [], {}, None
+    for task in tasks:
+        prompts = prompt_set(hm, task, n, seed=seed)
+        scans = {kind: sm.SmearScan(kind) for kind in sm.KINDS}
+        correct, lengths, displaced = {}, {}, {}
+        for batch in run_prompt_set(hm, prompts, batch_size=batch_size, seed=seed, record_logits=True, **gen_kwargs):
+            offset = batch.rows[0]
+            found = {
+                kind: sm.scan_trajectory(batch.trajectory, kind, eos_id=eos, ignore=ignore, **options)
+                for kind in sm.KINDS
+            }
+            for kind, scan in found.items():
+                scans[kind].extend(scan, offset)
+                have = sum(e["task"] == task and e["kind"] == kind for e in examples)
+                for event in scan.events[: max(0, N_EXAMPLES - have)]:
+                    examples.append(_example(hm, task, kind, batch, event, offset))
+            for count in _displacements(batch.trajectory, eos, ignore, max_shift + 1):
+                for d, (k, m) in count.items():
+                    displaced[d] = [a + b for a, b in zip(displaced.get(d, (0, 0)), (k, m), strict=True)]
+            first = next((e for kind in HEADLINE for e in found[kind].events), None)
+            # Show one smear, preferably on seq (the variable-length task); any row if none is found.
+            better = showcase is None or not showcase[-1] or (task == "seq" and showcase[0] != "seq")
+            if first is not None and better:
+                shown = [
+                    e for kind in HEADLINE for e in found[kind].events if (e.row, e.block) == (first.row, first.block)
+                ]
+                showcase = (task, batch.trajectory, first.row + offset, first.row, first.block, shown)
+            if showcase is None:
+                showcase = (task, batch.trajectory, offset, 0, 0, [])
+            new = batch.trajectory.new_tokens()
+            for i, row in enumerate(batch.rows):
+                lengths.setdefault(len(output_tokens(new[i], eos, pad)), []).append(row)
+                if batch.correct is not None:
+                    correct.setdefault("correct" if bool(batch.correct[i]) else "incorrect", []).append(row)
+        rows = list(range(len(prompts)))
+        results[task] = {
+            kind: {
+                **sm.smear_rates(scan, rows),
+                "by_correctness": _grouped(scan, correct) if correct else None,
+                "by_output_length": _grouped(scan, dict(sorted(lengths.items()))),
+            }
+            for kind, scan in scans.items()
+        }
+        results[task]["accuracy"] = stats.proportion(len(correct.get("correct", [])), len(prompts)) if correct else None
+        results[task]["displacement"] = {d: stats.proportion(k, m) for d, (k, m) in sorted(displaced.items())}
+        shifts[task] = [e.shift for e in scans["sequence"].events]
+        results[task]["shifts"] = {str(k): shifts[task].count(k) for k in sorted(set(shifts[task]))}
+        results[task]["token_widths"] = [e.width for e in scans["token"].events]
+
+    with StudyOutput(out_dir) as out:
+        out.figure(sm.rate_bars({t: {k: results[t][k]["samples"] for k in sm.KINDS} for t in tasks}), "rate_per_task")
+        for kind in HEADLINE:
+            curves = {t: results[t][kind]["per_step"] for t in tasks}
+            out.figure(sm.rate_per_step(curves, title=f"Intermediate canvases with a {kind} smear"), f"{kind}_per_step")
+        relative = {t: results[t]["token"]["per_relative_step"] for t in tasks}
+        fig = sm.rate_per_step(relative, "relative step (step / last step)", "Token smears by relative step")
+        out.figure(fig, "token_per_relative_step")
+        out.figure(sm.shift_histogram(shifts, max_shift), "shift_histogram")
+        out.figure(sm.displacement_profile({t: results[t]["displacement"] for t in tasks}), "displacement_profile")
+        task, trajectory, row, local, block, shown = showcase
+        title = f"{task} prompt {row}" + ("" if shown else " (no smear found)")
+        out.figure(sm.smear_evolution(trajectory, local, block, hm.tokenizer, shown, title), "example_evolution")
+        out.metrics.update(
+            summary=_summary(results, tasks),
+            per_task=results,
+            examples=examples,
+            n=n,
+            tasks=tasks,
+            model=model_info(hm),
+            options={
+                **options,
+                "include_special": include_special,
+                "seed": seed,
+                "quick": quick,
+                "batch_size": batch_size,
+                **{k: str(v) for k, v in gen_kwargs.items()},
+            },
+            notes=[] if toy else ["no toy tokenizer: random prompts, no answers; by_correctness is None"],
+        )
+    return out.metrics
+
+
+def _summary(results: dict, tasks: list[str]) -> dict[str, Any]:
+    """Headline numbers per task: samples with a token / soft / sequence smear, canvases with a token smear."""
+    summary: dict[str, Any] = {}
+    for task in tasks:
+        for kind in ("token", "soft", "sequence"):
+            summary[f"{task}.{kind}.sample_rate"] = results[task][kind]["samples"]["value"]
+        summary[f"{task}.token.canvas_rate"] = results[task]["token"]["canvases"]["value"]
+        summary[f"{task}.n_intermediate_canvases"] = results[task]["token"]["canvases"]["n"]
+        if results[task]["accuracy"] is not None:
+            summary[f"{task}.accuracy"] = results[task]["accuracy"]["value"]
+    return summary
