@@ -190,6 +190,28 @@ def cmd_depth(args) -> int:
     return 0
 
 
+def study_options(run, args) -> dict:
+    """Keyword arguments for a study's ``run`` from the optional CLI flags it accepts (``--tasks``,
+    generation arguments); a flag the study cannot take is an error that names it."""
+    import inspect
+
+    parameters = inspect.signature(run).parameters
+    takes_gen = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    options = {}
+    if args.tasks is not None:
+        if "tasks" not in parameters:
+            raise ValueError(f"case study '{args.name}' has a fixed task; drop --tasks")
+        options["tasks"] = tuple(task.strip() for task in args.tasks.split(",") if task.strip())
+    generation = {"bottleneck": args.bottleneck, "max_denoising_steps": args.steps}
+    for key, value in generation.items():
+        if value is None:
+            continue
+        if not takes_gen:
+            raise ValueError(f"case study '{args.name}' sets its own generation arguments; drop --{key.split('_')[-1]}")
+        options[key] = value
+    return options
+
+
 def cmd_case_study(args) -> int:
     """Run a case study and write its metrics and figures."""
     import importlib
@@ -199,9 +221,10 @@ def cmd_case_study(args) -> int:
     from diffinterp.model import load_model
 
     module = importlib.import_module(STUDIES[args.name])
+    options = study_options(module.run, args)
     out = args.out or f"out/{args.name.replace('-', '_')}"
     torch.manual_seed(args.seed)
-    metrics = module.run(load_model(args.model), n=args.n, out_dir=out, seed=args.seed, quick=args.quick)
+    metrics = module.run(load_model(args.model), n=args.n, out_dir=out, seed=args.seed, quick=args.quick, **options)
     summary = metrics.get("summary", {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))})
     print(json.dumps(summary, indent=2, default=str))
     print(f"wrote {out}/metrics.json and figures")
@@ -254,6 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--out", default=None, help="output folder (default: out/NAME)")
     study.add_argument("--seed", type=int, default=0)
     study.add_argument("--quick", action="store_true", help="the short version `diffinterp demo` runs")
+    study.add_argument(
+        "--tasks", default=None, help="comma-separated tasks, e.g. arith,hop (studies that take several)"
+    )
+    study.add_argument(
+        "--bottleneck", default=None, help="self-conditioning: continuous | argmax | topk:K | sample | none"
+    )
+    study.add_argument("--steps", type=int, default=None, help="max denoising steps per canvas")
     study.set_defaults(func=cmd_case_study)
 
     _register_optional(commands)

@@ -93,10 +93,19 @@ def test_demo_runs_the_case_studies_and_links_every_figure(tmp_path):
 def test_case_study_command_writes_metrics(tmp_path):
     import json
 
-    result = run_cli("case-study", "self-correction", "--quick", "--out", str(tmp_path / "sc"), "--seed", "3")
+    result = run_cli(
+        "case-study", "self-correction", "--quick", "--out", str(tmp_path / "sc"), "--seed", "3",
+        "--tasks", "arith,hop", "--bottleneck", "argmax", "--steps", "6",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "sc" / "metrics.json").read_text())
-    assert metrics["options"]["seed"] == 3 and metrics["options"]["quick"] is True
+    options = metrics["options"]
+    assert options["seed"] == 3 and options["quick"] is True and options["tasks"] == ["arith", "hop"]
+    assert options["bottleneck"] == "argmax" and options["max_denoising_steps"] == 6
+    assert len(metrics["revisions_per_sample_by_step"]) <= 6
     assert json.loads(result.stdout[: result.stdout.rindex("}") + 1]) == metrics["summary"]
     bad = run_cli("case-study", "no-such-study")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr and "self-correction" in bad.stderr
+    fixed = run_cli("case-study", "monitorability", "--tasks", "arith", "--out", str(tmp_path / "m"))
+    assert fixed.returncode == 2 and "fixed task; drop --tasks" in fixed.stderr
+    assert not (tmp_path / "m").exists()
