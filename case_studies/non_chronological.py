@@ -28,7 +28,7 @@ import torch
 from diffinterp import settling as st
 from diffinterp import studies
 from diffinterp.instrument_plots import commit_order
-from diffinterp.lens import first_prediction, logit_lens
+from diffinterp.lens import first_prediction, target_lens
 from diffinterp.probes import fit_probes
 from diffinterp.stats import mean_ci, proportion, proportion_of
 
@@ -73,7 +73,7 @@ def lens_and_probes(hm, batch, rows, seed: int) -> tuple[dict[str, Any], Any]:
     """Lens: when the answer is first the lens argmax vs when the reasoning settles; probes on the
     answer's last position predicting its final token, at steps before the reasoning settles."""
     s, regions = rows["_settling"], rows["_regions"]
-    lens = logit_lens(hm, batch.cache)
+    lens = target_lens(hm, batch.cache, s.final)  # full-vocabulary argmax without [.., vocab] tensors
     last, dep = s.last, rows["dependency"]
     first = st.answer_lens_steps(lens.argmax.cpu(), s.final, regions.answer, last)  # [L, B]
     valid = rows["valid_dependency"]
@@ -81,7 +81,7 @@ def lens_and_probes(hm, batch, rows, seed: int) -> tuple[dict[str, Any], Any]:
     dep_first = st.answer_lens_steps(lens.argmax.cpu(), s.final, regions.dependency, last)
     dep_any = torch.where(dep_first >= 0, dep_first, torch.full_like(dep_first, 10**6)).min(0).values
     read = valid & (any_layer < 10**6) & (dep_any < 10**6)
-    target = lens.prob_of(s.final).cpu()  # [S, L, B, P]
+    target = lens.target_prob  # [S, L, B, P]
     prob = st.region_mean(target, regions.answer)  # [S, L, B]
     offsets = list(range(-2, 3))
     curves, counts = {}, None

@@ -78,7 +78,9 @@ def run(
     with StudyOutput(out_dir) as out:
         for task in tasks:
             flags, correct = [], []
-            for batch in run_prompt_set(hm, prompt_set(hm, task, n, seed=seed), seed=seed, **gen_kwargs):
+            prompts = prompt_set(hm, task, n, seed=seed)
+            task = prompts.task  # "random" on a model without the toy tasks
+            for batch in run_prompt_set(hm, prompts, seed=seed, **gen_kwargs):
                 traj = batch.trajectory
                 found = revisions(traj.stack("canvas_out"), traj.stack("accepted"), traj.stack("active"))
                 flags += found.any(2).any(0).tolist()

@@ -33,6 +33,17 @@ from diffinterp.studies import (
 )
 
 QUICK_N = 24
+#: Soft smears read the recorded logits of a whole batch; above this many bytes (a 262k vocabulary,
+#: 256-token canvases) they are skipped unless asked for, and metrics say so.
+SOFT_LOGITS_BUDGET = 2 * 2**30
+
+
+def soft_logits_bytes(hm, batch_size: int, gen_kwargs: dict) -> int:
+    """Bytes of float32 logits one batch records over all its steps (what the soft detector reads)."""
+    steps = gen_kwargs.get("max_denoising_steps") or hm.model.generation_config.max_denoising_steps or 48
+    return 4 * batch_size * hm.config.canvas_length * hm.config.text_config.vocab_size * int(steps)
+
+
 HEADLINE = ("token", "sequence")
 N_EXAMPLES = 3
 
@@ -86,6 +97,7 @@ def run(
     soft_threshold: float = 0.3,
     include_special: bool = False,
     batch_size: int = 64,
+    soft: bool | None = None,
     **gen_kwargs: Any,
 ) -> dict[str, Any]:
     """Measure smearing on ``model`` (default: the bundled one); write metrics.json and figures."""
@@ -100,16 +112,21 @@ def run(
     ignore = () if include_special else (eos, pad)
     options = dict(window=window, min_width=min_width, min_run=min_run, max_shift=max_shift)
     options.update(max_unshifted=max_unshifted, threshold=soft_threshold)
+    logits_bytes = soft_logits_bytes(hm, min(batch_size, n), gen_kwargs)
+    soft = logits_bytes <= SOFT_LOGITS_BUDGET if soft is None else soft
+    kinds = sm.KINDS if soft else tuple(kind for kind in sm.KINDS if kind != "soft")
+    notes = [] if toy else ["no toy tokenizer: random prompts, no answers; by_correctness is None"]
+    if not soft:
+        notes.append(f"soft smears skipped: recording the logits would take {logits_bytes / 2**30:.0f} GiB per batch")
     results, examples, shifts, showcase = {}, [], {}, None
     for task in tasks:
         prompts = prompt_set(hm, task, n, seed=seed)
-        scans = {kind: sm.SmearScan(kind) for kind in sm.KINDS}
+        scans = {kind: sm.SmearScan(kind) for kind in kinds}
         correct, lengths, displaced = {}, {}, {}
-        for batch in run_prompt_set(hm, prompts, batch_size=batch_size, seed=seed, record_logits=True, **gen_kwargs):
+        for batch in run_prompt_set(hm, prompts, batch_size=batch_size, seed=seed, record_logits=soft, **gen_kwargs):
             offset = batch.rows[0]
             found = {
-                kind: sm.scan_trajectory(batch.trajectory, kind, eos_id=eos, ignore=ignore, **options)
-                for kind in sm.KINDS
+                kind: sm.scan_trajectory(batch.trajectory, kind, eos_id=eos, ignore=ignore, **options) for kind in kinds
             }
             for kind, scan in found.items():
                 scans[kind].extend(scan, offset)
@@ -150,7 +167,7 @@ def run(
         results[task]["token_widths"] = [e.width for e in scans["token"].events]
 
     with StudyOutput(out_dir) as out:
-        out.figure(sm.rate_bars({t: {k: results[t][k]["samples"] for k in sm.KINDS} for t in tasks}), "rate_per_task")
+        out.figure(sm.rate_bars({t: {k: results[t][k]["samples"] for k in kinds} for t in tasks}), "rate_per_task")
         for kind in HEADLINE:
             curves = {t: results[t][kind]["per_step"] for t in tasks}
             out.figure(sm.rate_per_step(curves, title=f"Intermediate canvases with a {kind} smear"), f"{kind}_per_step")
@@ -175,9 +192,10 @@ def run(
                 "seed": seed,
                 "quick": quick,
                 "batch_size": batch_size,
+                "soft": soft,
                 **{k: str(v) for k, v in gen_kwargs.items()},
             },
-            notes=[] if toy else ["no toy tokenizer: random prompts, no answers; by_correctness is None"],
+            notes=notes,
         )
     return out.metrics
 
@@ -187,7 +205,8 @@ def _summary(results: dict, tasks: list[str]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for task in tasks:
         for kind in ("token", "soft", "sequence"):
-            summary[f"{task}.{kind}.sample_rate"] = results[task][kind]["samples"]["value"]
+            if kind in results[task]:
+                summary[f"{task}.{kind}.sample_rate"] = results[task][kind]["samples"]["value"]
         summary[f"{task}.token.canvas_rate"] = results[task]["token"]["canvases"]["value"]
         summary[f"{task}.n_intermediate_canvases"] = results[task]["token"]["canvases"]["n"]
         if results[task]["accuracy"] is not None:

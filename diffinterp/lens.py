@@ -76,6 +76,23 @@ class LogitLens:
         return self.probs().gather(-1, index).squeeze(-1)
 
 
+def _lens_grid(hm, cache: DenoisingCache, hook: str, layers, steps, block: int) -> tuple[list[int], list[int]]:
+    """The (layers, steps) a lens covers: those given, or those ``cache`` recorded for ``hook``."""
+    if "{layer}" not in hook:
+        raise ValueError(f"hook must be a template with '{{layer}}', e.g. '{RESID_POST}'; got '{hook}'")
+    n_layers = hm.text_config.num_hidden_layers
+    if layers is None:
+        layers = [layer for layer in range(n_layers) if hook.format(layer=layer) in cache.names]
+        if not layers:
+            raise KeyError(f"the cache holds no '{hook}' activations; record them with run_with_cache")
+    layers = list(layers)
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad:
+        raise IndexError(f"layer {bad[0]} out of range: the decoder has layers 0..{n_layers - 1}")
+    recorded = cache.steps(hook.format(layer=layers[0]), block)
+    return layers, (recorded if steps is None else list(steps))
+
+
 def logit_lens(
     hm,
     cache: DenoisingCache,
@@ -89,21 +106,10 @@ def logit_lens(
     """The logit lens at every (step, layer, position) of ``cache``'s ``block``.
 
     ``hook`` is a template with ``{layer}`` (default the residual stream after each layer); layers and
-    steps default to those recorded. For big vocabularies pass ``tokens`` to keep only those columns.
+    steps default to those recorded. For big vocabularies pass ``tokens`` to keep only those columns,
+    or use :func:`target_lens`, which keeps the full-vocabulary argmax and target probabilities only.
     """
-    if "{layer}" not in hook:
-        raise ValueError(f"hook must be a template with '{{layer}}', e.g. '{RESID_POST}'; got '{hook}'")
-    n_layers = hm.text_config.num_hidden_layers
-    if layers is None:
-        layers = [layer for layer in range(n_layers) if hook.format(layer=layer) in cache.names]
-        if not layers:
-            raise KeyError(f"the cache holds no '{hook}' activations; record them with run_with_cache")
-    layers = list(layers)
-    bad = [layer for layer in layers if not 0 <= layer < n_layers]
-    if bad:
-        raise IndexError(f"layer {bad[0]} out of range: the decoder has layers 0..{n_layers - 1}")
-    recorded = cache.steps(hook.format(layer=layers[0]), block)
-    steps = recorded if steps is None else list(steps)
+    layers, steps = _lens_grid(hm, cache, hook, layers, steps, block)
     rows = []
     with torch.no_grad():
         for step in steps:
@@ -111,6 +117,59 @@ def logit_lens(
                 torch.stack([unembed(hm, cache.get(hook.format(layer=layer), step, block), tokens) for layer in layers])
             )
     return LogitLens(torch.stack(rows), steps, layers, block, tokens)
+
+
+@dataclass
+class TargetLens:
+    """The full-vocabulary logit lens, reduced as it is computed to what most analyses read.
+
+    ``argmax``: ``[steps, layers, batch, pos]`` predicted token ids; ``target_prob``: the same shape,
+    the probability of ``targets`` (e.g. the final canvas). Equal to ``LogitLens.argmax`` and
+    ``LogitLens.prob_of(targets)``, without holding ``[steps, layers, batch, pos, vocab]`` (for the
+    26B model's 262k vocabulary that tensor is terabytes).
+    """
+
+    argmax: torch.Tensor
+    target_prob: torch.Tensor
+    steps: list[int]
+    layers: list[int]
+    block: int = 0
+
+
+def target_lens(
+    hm,
+    cache: DenoisingCache,
+    targets: torch.Tensor,
+    *,
+    hook: str = RESID_POST,
+    layers: Sequence[int] | None = None,
+    steps: Sequence[int] | None = None,
+    block: int = 0,
+    rows_per_chunk: int = 8,
+) -> TargetLens:
+    """:func:`logit_lens` reduced to its argmax and the probability of ``targets`` ``[batch, pos]``,
+    ``rows_per_chunk`` batch rows at a time (peak memory: one chunk's ``[rows, pos, vocab]`` logits)."""
+    if rows_per_chunk < 1:
+        raise ValueError(f"rows_per_chunk must be >= 1, got {rows_per_chunk}")
+    layers, steps = _lens_grid(hm, cache, hook, layers, steps, block)
+    argmax = torch.empty(len(steps), len(layers), *targets.shape, dtype=torch.long)
+    prob = torch.empty(len(steps), len(layers), *targets.shape)
+    with torch.no_grad():
+        for i, step in enumerate(steps):
+            for j, layer in enumerate(layers):
+                resid = cache.get(hook.format(layer=layer), step, block)
+                if resid.shape[:2] != targets.shape:
+                    raise ValueError(
+                        f"targets {list(targets.shape)} must be [batch, pos] of the cached activations "
+                        f"{list(resid.shape[:2])}"
+                    )
+                for start in range(0, targets.shape[0], rows_per_chunk):
+                    part = slice(start, start + rows_per_chunk)
+                    logits = unembed(hm, resid[part])
+                    argmax[i, j, part] = logits.argmax(-1).cpu()
+                    target = targets[part].to(logits.device).unsqueeze(-1)
+                    prob[i, j, part] = logits.log_softmax(-1).gather(-1, target).squeeze(-1).exp().cpu()
+    return TargetLens(argmax, prob, steps, layers, block)
 
 
 @dataclass
@@ -128,9 +187,9 @@ class FirstPrediction:
     stable_step: torch.Tensor
 
 
-def first_prediction(lens: LogitLens, final_tokens: torch.Tensor) -> FirstPrediction:
+def first_prediction(lens: LogitLens | TargetLens, final_tokens: torch.Tensor) -> FirstPrediction:
     """For each position, the first (step, layer) whose lens argmax is its final token ``[batch, pos]``."""
-    hits = lens.argmax == final_tokens.to(lens.logits.device)  # [S, L, B, P]
+    hits = lens.argmax == final_tokens.to(lens.argmax.device)  # [S, L, B, P]
     n_steps, n_layers = hits.shape[:2]
     steps = torch.tensor(lens.steps)
     layers = torch.tensor(lens.layers)
@@ -159,4 +218,13 @@ def settle_steps(trajectory: Trajectory, block: int = 0) -> torch.Tensor:
     return stays.float().argmax(0).long()
 
 
-__all__ = ["FirstPrediction", "LogitLens", "first_prediction", "logit_lens", "settle_steps", "unembed"]
+__all__ = [
+    "FirstPrediction",
+    "LogitLens",
+    "TargetLens",
+    "first_prediction",
+    "logit_lens",
+    "settle_steps",
+    "target_lens",
+    "unembed",
+]

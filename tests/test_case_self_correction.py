@@ -53,8 +53,8 @@ def test_runs_on_a_real_pattern_tiny_random_model(tmp_path):
     hm = di.HookedDiffusionGemma(di.tiny_model(real_pattern_tiny_config()))
     metrics = self_correction.run(hm, n=3, out_dir=tmp_path, max_denoising_steps=4)
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert list(saved["per_task"]) == ["arith"] and "accuracy_revised" not in saved["per_task"]["arith"]
-    assert saved["per_task"]["arith"]["samples_revised"]["n"] == 3
+    assert list(saved["per_task"]) == ["random"] and "accuracy_revised" not in saved["per_task"]["random"]
+    assert saved["per_task"]["random"]["samples_revised"]["n"] == 3
     assert (tmp_path / "revisions.png").is_file() and saved["figures"] == ["revisions.png"]
     assert metrics["model"]["vocab_size"] == 200
 

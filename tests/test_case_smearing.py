@@ -235,3 +235,19 @@ def test_study_quick_on_bundled_model_matches_recomputation(tmp_path):
         )
     groups = metrics["per_task"]["mon"]["token"]["by_correctness"]
     assert sum(g["n"] for g in groups.values()) == smearing.QUICK_N
+
+
+def test_soft_smears_are_skipped_when_the_logits_would_not_fit(tmp_path):
+    """At the 26B model's size (262k vocabulary, 256-token canvas) recording logits is out of reach:
+    the study skips the soft detector by default and says so; the rest still runs."""
+    from case_studies import smearing as study
+
+    real = di.HookedDiffusionGemma(di.model.meta_model(di.real_config()))
+    assert study.soft_logits_bytes(real, 24, {}) == 4 * 24 * 256 * 262144 * 48  # generation config: 48 steps
+    assert study.soft_logits_bytes(real, 24, {}) > study.SOFT_LOGITS_BUDGET
+    hm = di.load_model()
+    assert study.soft_logits_bytes(hm, 64, {}) <= study.SOFT_LOGITS_BUDGET  # the bundled model keeps it
+    metrics = study.run(hm, n=4, tasks=["seq"], out_dir=tmp_path, soft=False)
+    assert "soft" not in metrics["per_task"]["seq"] and "token" in metrics["per_task"]["seq"]
+    assert any("soft smears skipped" in note for note in metrics["notes"])
+    assert "seq.soft.sample_rate" not in metrics["summary"]

@@ -422,3 +422,20 @@ def test_batched_sweep_equals_loop_under_bottlenecks(small, bottleneck):
     batched = pt.step_layer_sweep(hm, clean, corrupt, cache, metric, layers=[0, 2])
     loop = pt.step_layer_sweep(hm, clean, corrupt, cache, metric, layers=[0, 2], batched=False)
     assert torch.allclose(batched.values, loop.values, atol=1e-5)
+
+
+def test_target_lens_equals_the_full_logit_lens_reduced():
+    """The memory-light lens gives the full lens's argmax and target probabilities, chunk size aside."""
+    torch.manual_seed(0)
+    hm = di.HookedDiffusionGemma(di.tiny_model(di.tiny_config(vocab_size=150, canvas_length=6)))
+    ids = torch.randint(4, 150, (3, 5))
+    traj, cache = hm.run_with_cache(ids, "decoder.blocks.*.hook_resid_post", max_new_tokens=6, max_denoising_steps=4)
+    final = traj.block(0).final_canvas
+    full = lz.logit_lens(hm, cache)
+    for chunk in (1, 2, 8):
+        reduced = lz.target_lens(hm, cache, final, rows_per_chunk=chunk)
+        assert torch.equal(reduced.argmax, full.argmax)
+        torch.testing.assert_close(reduced.target_prob, full.prob_of(final), rtol=1e-5, atol=1e-7)
+    assert torch.equal(lz.first_prediction(reduced, final).step, lz.first_prediction(full, final).step)
+    with pytest.raises(ValueError, match=r"\[batch, pos\]"):
+        lz.target_lens(hm, cache, final[:2])
