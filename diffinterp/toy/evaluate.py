@@ -52,6 +52,8 @@ def predict(
 ) -> tuple[list[str], list[float]]:
     """Predictions for ``prompts`` and the denoising steps each example's canvas used (AR: tokens)."""
     ids, mask = prompt_batch(prompts, ar=model_kind == "ar")
+    device = model.model.device if _is_hooked(model) else model.device  # e.g. a GPU during training
+    ids, mask = ids.to(device), mask.to(device)
     torch.manual_seed(seed)
     if model_kind == "ar":
         out = model.generate(
