@@ -134,6 +134,13 @@ class TargetLens:
     steps: list[int]
     layers: list[int]
     block: int = 0
+    targets: torch.Tensor | None = None
+
+    def prob_of(self, targets: torch.Tensor) -> torch.Tensor:
+        """``target_prob``, for the targets it was built with (as ``LogitLens.prob_of``)."""
+        if self.targets is None or not torch.equal(targets.cpu(), self.targets.cpu()):
+            raise ValueError("a TargetLens holds the probabilities of its own targets only: build it with these")
+        return self.target_prob
 
 
 def target_lens(
@@ -169,7 +176,7 @@ def target_lens(
                     argmax[i, j, part] = logits.argmax(-1).cpu()
                     target = targets[part].to(logits.device).unsqueeze(-1)
                     prob[i, j, part] = logits.log_softmax(-1).gather(-1, target).squeeze(-1).exp().cpu()
-    return TargetLens(argmax, prob, steps, layers, block)
+    return TargetLens(argmax, prob, steps, layers, block, targets.cpu())
 
 
 @dataclass

@@ -109,3 +109,38 @@ def test_case_study_command_writes_metrics(tmp_path):
     fixed = run_cli("case-study", "monitorability", "--tasks", "arith", "--out", str(tmp_path / "m"))
     assert fixed.returncode == 2 and "fixed task; drop --tasks" in fixed.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_lens_command_reads_every_final_token_at_the_last_layer(tmp_path):
+    import json
+
+    result = run_cli(
+        "lens", "--prompt", "arith a=3 b=a+4 ? b", "--steps", "4", "--out", str(tmp_path), "--positions", "0-5"
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "lens.json").read_text())
+    assert [row["position"] for row in summary["positions"]] == list(range(6))
+    for row in summary["positions"]:
+        # the lens at the last layer is the model's own logits, and the final canvas is the last step's
+        # argmax, so every position is predicted by some (step, layer) no later than the last step
+        assert 0 <= row["lens_first_step"] < summary["steps"] and 0 <= row["lens_first_layer"] <= max(summary["layers"])
+        assert 0 <= row["settle_step"] < summary["steps"]
+    assert (tmp_path / "logit_lens.png").is_file() and (tmp_path / "commit_order.svg").is_file()
+    bad = run_cli("lens", "--positions", "0-99", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "outside the canvas" in bad.stderr
+
+
+def test_patch_command_restores_the_clean_run_at_the_last_step_and_layer(tmp_path):
+    import json
+
+    clean, corrupt = "hop x=5 q=7 m=x k=q t=m ? t", "hop x=3 q=7 m=x k=q t=m ? t"
+    result = run_cli("patch", "--clean", clean, "--corrupt", corrupt, "--steps", "4", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "patching.json").read_text())
+    assert summary["axes"]["step"] == [0, 1, 2, 3]
+    assert summary["clean_value"] > 0 > summary["corrupt_value"]
+    # the last layer's residual at the last step determines the final logits: patching it restores all
+    assert abs(summary["restored_fraction"][-1][-1] - 1.0) < 1e-4
+    assert (tmp_path / "patching_step-layer.png").is_file()
+    same = run_cli("patch", "--clean", clean, "--corrupt", clean, "--steps", "4", "--out", str(tmp_path / "same"))
+    assert same.returncode == 2 and "same output" in same.stderr
