@@ -35,7 +35,13 @@ from typing import Any
 import torch
 
 from diffinterp.cache import DenoisingCache
-from diffinterp.sampler import Bottleneck, apply_bottleneck, self_conditioning_inputs, snapshot_cache
+from diffinterp.sampler import (
+    Bottleneck,
+    apply_bottleneck,
+    generation_kwargs,
+    self_conditioning_inputs,
+    snapshot_cache,
+)
 from diffinterp.trajectory import Trajectory
 
 MODES = ("free", "chain", "step")
@@ -219,30 +225,6 @@ def step_outputs(hm, trajectory: Trajectory, block: int, step: int) -> tuple[tor
 def _generation_config(model, trajectory: Trajectory):
     """The generation config a trajectory was sampled with (from its recorded settings)."""
     return model._prepare_generation_config(None, **generation_kwargs(trajectory))[0]
-
-
-def generation_kwargs(trajectory: Trajectory) -> dict[str, Any]:
-    """``generate`` keywords that reproduce a trajectory's sampler settings (and bottleneck)."""
-    from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
-
-    settings = trajectory.generation
-    kwargs = {
-        key: settings[key]
-        for key in (
-            "max_new_tokens",
-            "max_denoising_steps",
-            "t_min",
-            "t_max",
-            "stability_threshold",
-            "confidence_threshold",
-            "eos_token_id",
-            "pad_token_id",
-        )
-        if settings.get(key) is not None
-    }
-    if settings.get("entropy_bound") is not None:
-        kwargs["sampler_config"] = EntropyBoundSamplerConfig(entropy_bound=float(settings["entropy_bound"]))
-    return kwargs
 
 
 def repeat_kv_cache(cache, n: int):

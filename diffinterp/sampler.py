@@ -528,18 +528,12 @@ def step_inputs(hm, trajectory: Trajectory, block: int, step: int) -> dict[str, 
     return _decoder_kwargs(runtime, record.canvas_in, signal, Bottleneck.parse(trajectory.bottleneck))
 
 
-def restore_runtime(hm, trajectory: Trajectory) -> Trajectory:
-    """Rebuild the KV caches and masks of a loaded trajectory by re-encoding its own tokens.
-
-    The encoder passes are the sampler's (same inputs, same order), so ``step_inputs`` then
-    re-runs recorded steps exactly. Custom logits processors of the original run are not saved;
-    the temperature schedule is rebuilt from the recorded settings.
-    """
+def generation_kwargs(trajectory: Trajectory) -> dict[str, Any]:
+    """``generate`` keywords that reproduce a trajectory's sampler settings (the bottleneck aside)."""
     from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
 
-    model = hm.model
     settings = trajectory.generation
-    overrides = {
+    kwargs = {
         key: settings[key]
         for key in (
             "max_new_tokens",
@@ -554,8 +548,19 @@ def restore_runtime(hm, trajectory: Trajectory) -> Trajectory:
         if settings.get(key) is not None
     }
     if settings.get("entropy_bound") is not None:
-        overrides["sampler_config"] = EntropyBoundSamplerConfig(entropy_bound=settings["entropy_bound"])
-    generation_config, _ = model._prepare_generation_config(None, **overrides)
+        kwargs["sampler_config"] = EntropyBoundSamplerConfig(entropy_bound=float(settings["entropy_bound"]))
+    return kwargs
+
+
+def restore_runtime(hm, trajectory: Trajectory) -> Trajectory:
+    """Rebuild the KV caches and masks of a loaded trajectory by re-encoding its own tokens.
+
+    The encoder passes are the sampler's (same inputs, same order), so ``step_inputs`` then
+    re-runs recorded steps exactly. Custom logits processors of the original run are not saved;
+    the temperature schedule is rebuilt from the recorded settings.
+    """
+    model = hm.model
+    generation_config, _ = model._prepare_generation_config(None, **generation_kwargs(trajectory))
     device = model.device
     input_ids = trajectory.prompt_ids.to(device)
     attention_mask = trajectory.attention_mask.to(device).bool()
