@@ -238,6 +238,20 @@ def validate_checkpoint_folder(
         raise FileNotFoundError(f"{path} has no *.safetensors weights{hint}")
 
 
+def check_loading_info(info: dict, folder: Path, what: str = "checkpoint") -> None:
+    """Raise if ``from_pretrained(..., output_loading_info=True)`` found weights missing or mismatched.
+
+    transformers fills absent weights with random values, so a checkpoint missing any is corrupted;
+    ``lm_head`` is tied to the embeddings and may be absent.
+    """
+    missing = sorted(key for key in info.get("missing_keys", []) if not key.startswith("lm_head."))
+    if missing or info.get("mismatched_keys"):
+        raise ValueError(
+            f"the {what} in {folder} is incomplete or corrupted: missing weights {missing[:5]}, "
+            f"mismatched {list(info.get('mismatched_keys', []))[:5]}"
+        )
+
+
 def load_hf_model(
     path: str | Path | None = None,
     *,
@@ -259,13 +273,7 @@ def load_hf_model(
         model, info = DiffusionGemmaForBlockDiffusion.from_pretrained(str(folder), output_loading_info=True, **kwargs)
     except (OSError, RuntimeError, ValueError, SafetensorError) as err:
         raise ValueError(f"could not load the checkpoint in {folder}: {err}") from err
-    # transformers fills absent weights with random values; a checkpoint missing any is corrupted.
-    missing = [key for key in info.get("missing_keys", []) if not key.startswith("lm_head.")]
-    if missing or info.get("mismatched_keys"):
-        raise ValueError(
-            f"the checkpoint in {folder} is incomplete or corrupted: missing weights {sorted(missing)[:5]}, "
-            f"mismatched {list(info.get('mismatched_keys', []))[:5]}"
-        )
+    check_loading_info(info, folder)
     if device is not None:
         model = model.to(device)
     return model.eval()

@@ -62,18 +62,15 @@ def load_ar_baseline(path: str | Path | None = None, *, device: str | None = Non
     """
     from transformers import AutoTokenizer, Gemma4ForCausalLM
 
+    from diffinterp.model import check_loading_info
+
     folder = Path(path) if path is not None else bundled_ar_path()
     validate_ar_folder(folder)
     try:
         model, info = Gemma4ForCausalLM.from_pretrained(str(folder), use_safetensors=True, output_loading_info=True)
     except Exception as err:  # safetensors raises its own error types on truncated files
         raise ValueError(f"could not load the AR checkpoint in {folder}: {err}") from err
-    missing = [k for k in info.get("missing_keys", []) if k != "lm_head.weight"]  # lm_head is tied
-    if missing or info.get("mismatched_keys"):
-        raise ValueError(
-            f"the AR checkpoint in {folder} is incomplete or corrupted: missing weights {missing[:5]}, "
-            f"mismatched {list(info.get('mismatched_keys', []))[:5]}"
-        )
+    check_loading_info(info, folder, "AR checkpoint")
     if device is not None:
         model = model.to(device)
     tokenizer = None
