@@ -312,25 +312,33 @@ def settle_heatmap(settle, tokens, regions: Regions, last, rows: Sequence[int], 
     return fig
 
 
-def order_bars(fractions: dict[str, dict], title: str | None = None):
-    """Stacked-free grouped bars: before / tie / after fractions (with 95% CIs) per group (task)."""
-    groups = list(fractions)
+def _proportion_bars(results: dict[str, dict], series, labels, colours, *, width: float, title: str):
+    """Grouped bars with 95% CIs: one group per key of ``results``, one bar per name in ``series``
+    (``results[group][name]`` is a :func:`diffinterp.stats.proportion` dict)."""
+    groups = list(results)
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(groups) + 2.0), 3.0), layout="constrained")
-        width = 0.26
-        for k, name in enumerate(("before", "tie", "after")):
-            x = np.arange(len(groups)) + (k - 1) * width
-            vals, err = _bar_values([fractions[g][name] for g in groups])
-            label = "same step" if name == "tie" else f"answer settles {name}"
-            ax.bar(x, vals, width, color=OKABE_ITO[[2, 1, 4][k]], label=label, yerr=err, capsize=2,
-                   error_kw={"linewidth": 0.8})  # fmt: skip
+        fig, ax = plt.subplots(figsize=(max(4.0, width * len(groups) + 2.0), 3.0), layout="constrained")
+        bar = 0.8 / len(series)
+        for k, name in enumerate(series):
+            x = np.arange(len(groups)) + (k - (len(series) - 1) / 2) * bar
+            vals, err = _bar_values([results[g][name] for g in groups])
+            ax.bar(x, vals, bar, color=colours[k], label=labels[k], yerr=err, capsize=2, error_kw={"linewidth": 0.8})
         ax.set_xticks(range(len(groups)))
-        ax.set_xticklabels([f"{g}\n(n={fractions[g]['before']['n']})" for g in groups], fontsize=8)
+        ax.set_xticklabels([f"{g}\n(n={results[g][series[0]]['n']})" for g in groups], fontsize=8)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("fraction of samples")
-        ax.set_title(title or "Answer settles before / with / after the reasoning it depends on", fontsize=9)
+        ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
+
+
+def order_bars(fractions: dict[str, dict], title: str | None = None):
+    """Grouped bars: before / tie / after fractions (with 95% CIs) per group (task)."""
+    return _proportion_bars(
+        fractions, ("before", "tie", "after"), ("answer settles before", "same step", "answer settles after"),
+        [OKABE_ITO[2], OKABE_ITO[1], OKABE_ITO[4]], width=1.3,
+        title=title or "Answer settles before / with / after the reasoning it depends on",
+    )  # fmt: skip
 
 
 def lens_curve(offsets, curves: dict[str, np.ndarray], counts, title: str | None = None):
@@ -355,24 +363,14 @@ def lens_curve(offsets, curves: dict[str, np.ndarray], counts, title: str | None
 def causal_bars(results: dict[str, dict], title: str | None = None):
     """Outcome fractions (95% CIs) per corruption condition: answer unchanged / follows / other, and
     whether the corrupted token survives in the final canvas."""
-    conditions = list(results)
-    names = [name for name in ("unchanged", "follows", "other", "survives") if name in results[conditions[0]]]
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(max(4.2, 1.5 * len(conditions) + 2.2), 3.0), layout="constrained")
-        width = 0.8 / len(names)
-        for k, name in enumerate(names):
-            x = np.arange(len(conditions)) + (k - (len(names) - 1) / 2) * width
-            vals, err = _bar_values([results[c][name] for c in conditions])
-            label = {"survives": "corrupted token survives", "follows": "answer follows corruption"}.get(name, name)
-            ax.bar(x, vals, width, color=OKABE_ITO[[2, 4, 7, 1][k]], label=label, yerr=err, capsize=2,
-                   error_kw={"linewidth": 0.8})  # fmt: skip
-        ax.set_xticks(range(len(conditions)))
-        ax.set_xticklabels([f"{c}\n(n={results[c][names[0]]['n']})" for c in conditions], fontsize=8)
-        ax.set_ylim(0, 1.05)
-        ax.set_ylabel("fraction of samples")
-        ax.set_title(title or "Corrupting the reasoning token at one step (or from it on: persistent)", fontsize=9)
-        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return fig
+    first = next(iter(results.values()))
+    names = [name for name in ("unchanged", "follows", "other", "survives") if name in first]
+    labels = [{"survives": "corrupted token survives", "follows": "answer follows corruption"}.get(n, n) for n in names]
+    palette = {"unchanged": OKABE_ITO[2], "follows": OKABE_ITO[4], "other": OKABE_ITO[7], "survives": OKABE_ITO[1]}
+    return _proportion_bars(
+        results, names, labels, [palette[n] for n in names], width=1.5,
+        title=title or "Corrupting the reasoning token at one step (or from it on: persistent)",
+    )  # fmt: skip
 
 
 __all__ = [
