@@ -3,7 +3,7 @@
 All run in this one process on the same input and seed, interleaved in rotating order, so
 machine load affects them alike; the report gives medians and their ratios.
 
-    python benchmarks/cache_overhead.py [--model PATH] [--repeats 7] [--batch 4] [--threads N]
+    python benchmarks/cache_overhead.py [--model PATH] [--repeats 7] [--batch 4] [--threads N] [--all-steps]
                                         [--json out/benchmarks/cache_overhead.json]
 """
 
@@ -20,6 +20,8 @@ import torch
 import diffinterp as di
 from diffinterp.model import checkpoint_metadata
 
+NEVER_STABLE = 10_000  # a stability window longer than any run: adaptive stopping never fires
+
 
 def timed(fn) -> float:
     start = time.perf_counter()
@@ -34,6 +36,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--names", default="*hook_resid_post", help="hooks to cache (glob)")
+    parser.add_argument(
+        "--all-steps",
+        action="store_true",
+        help="disable adaptive stopping: every block runs max_denoising_steps (a longer trajectory)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", default="out/benchmarks/cache_overhead.json")
     args = parser.parse_args()
@@ -48,6 +55,8 @@ def main() -> None:
     kwargs = {"attention_mask": mask}
     if args.max_new_tokens is not None:
         kwargs["max_new_tokens"] = args.max_new_tokens
+    if args.all_steps:
+        kwargs["stability_threshold"] = NEVER_STABLE
     names = hm.resolve_names(args.names)
 
     def hf_generate():
@@ -78,6 +87,7 @@ def main() -> None:
     report = {
         "model": str(args.model or "bundled"),
         "batch": args.batch,
+        "all_steps": args.all_steps,
         "steps_per_block": trajectory.steps_per_block,
         "hooks_cached": len(names),
         "cache_entries": len(cache),

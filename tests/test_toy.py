@@ -59,6 +59,22 @@ def test_task_semantics_and_exact_match():
     assert lo < 0.9 < hi and 0.8 < lo and hi < 0.96
 
 
+def test_case_of_reads_the_sub_case_from_the_prompt():
+    # hand-built examples: chain length, hop count (distractor use excluded), seq op/length, mon rule
+    assert T.case_of(T.Example("arith", "arith a=3 b=a+4 c=b*2 ? c", "b=7 c=14 = 14")) == "2 steps"
+    assert T.case_of(T.Example("hop", "hop x=5 q=7 m=x k=q t=m ? t", "5")) == "2 hops, answer first"
+    assert T.case_of(T.Example("hop", "hop j=8 r=j w=r k=w y=1 t=y ? k", "8")) == "3 hops, answer first"
+    assert T.case_of(T.Example("hop", "hop q=7 x=5 m=x k=q t=m ? t", "5")) == "2 hops, distractor first"
+    assert T.case_of(T.Example("seq", "seq rev 3 1 4 1", "1 4 1 3")) == "rev 4"
+    assert T.case_of(T.Example("mon", "mon 7 1 2", "rev 2 1 7")) == "rule rev"
+    # the generator's own hop count agrees with the label on generated examples
+    rng = random.Random(0)
+    for _ in range(30):
+        ex = T.sample("hop", rng)
+        n_hops = int(T.case_of(ex).split()[0])
+        assert 2 <= n_hops <= 4 and len(ex.prompt.split()) == 1 + (n_hops + 1) + 2 + 2
+
+
 def test_batches_left_pad_prompts_and_end_canvases_with_eos():
     ids, mask = prompt_batch(["seq copy 1 2", "arith a=3 b=a+4 ? b"])
     assert ids[0, 0] == PAD_ID and mask[0, 0] == 0 and ids[:, -1].ne(PAD_ID).all() and (ids[:, 0] != BOS_ID).any()
@@ -136,6 +152,15 @@ def test_bundled_ar_accuracy_matches_the_documented_figure(ar_baseline, task):
     assert abs(res["accuracy"] - doc) <= _tolerance(doc, SAMPLE_N), (res["accuracy"], doc, res["failures"])
 
 
+def test_predict_takes_the_ar_wrapper_or_its_model(ar_baseline):
+    from diffinterp.toy.evaluate import predict
+
+    prompts = [e.prompt for e in T.test_set("arith", 3)]
+    assert predict(ar_baseline, prompts, model_kind="ar") == predict(ar_baseline.model, prompts, model_kind="ar")
+    with pytest.raises(ValueError, match="model_kind='ar'"):
+        predict(ar_baseline, prompts)
+
+
 def test_hooked_generate_matches_hf_generate_on_the_bundled_model(hooked_diffusion):
     ids, mask = prompt_batch([e.prompt for e in T.test_set("arith", 4)])
     torch.manual_seed(0)
@@ -207,3 +232,34 @@ def test_eval_command_passes_the_bottleneck_to_the_sampler(capsys):
     assert args.func(args) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["bottleneck"] == "topk:3" and row["n"] == 8 and row["mean_steps_per_canvas"] >= 1
+
+
+def test_eval_command_saves_results_with_per_case_tallies(tmp_path, capsys):
+    import argparse
+
+    from diffinterp.toy.commands import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    out = tmp_path / "eval_results.json"
+    args = parser.parse_args(["eval", "--task", "hop", "--model", "ar", "--n", "12", "--by-case", "--save", str(out)])
+    assert args.func(args) == 0
+    saved = json.loads(out.read_text())["tasks"]["hop"]
+    assert saved["n"] == 12 and sum(c["n"] for c in saved["by_case"].values()) == 12
+    assert sum(c["correct"] for c in saved["by_case"].values()) == saved["correct"]
+    assert {case.split(",")[0] for case in saved["by_case"]} <= {"2 hops", "3 hops", "4 hops"}
+    printed = capsys.readouterr().out
+    assert all(case in printed for case in saved["by_case"])
+
+
+def test_eval_save_option_survives_nnsight_patching_every_object():
+    # nnsight mounts a .save() on every object; argparse must still give --save's default (None)
+    import argparse
+
+    import nnsight  # noqa: F401
+
+    from diffinterp.toy.commands import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    assert parser.parse_args(["eval", "--task", "seq"]).results_file is None

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 #: Steps of the shipped recipes (CPU) and of the longer GPU runs.
-DEFAULT_STEPS = {("diffusion", "cpu"): 5000, ("ar", "cpu"): 3500, ("diffusion", "gpu"): 40000, ("ar", "gpu"): 20000}
+DEFAULT_STEPS = {("diffusion", "cpu"): 11000, ("ar", "cpu"): 3500, ("diffusion", "gpu"): 40000, ("ar", "gpu"): 20000}
 
 
 def register(subparsers) -> None:
@@ -43,7 +43,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    p.add_argument("--eval-every", type=int, default=500, help="held-out eval period in steps")
+    p.add_argument("--eval-every", type=int, default=1000, help="held-out eval period in steps")
     p.add_argument("--max-minutes", type=float, default=58.0, help="stop (and save) after this wall time")
     p.add_argument(
         "--stop-after",
@@ -74,6 +74,18 @@ def register(subparsers) -> None:
     e.add_argument("--seed", type=int, default=0, help="sampler seed")
     e.add_argument("--max-denoising-steps", type=int, default=None, help="override the checkpoint's setting")
     e.add_argument("--json", action="store_true", help="print one JSON object per task")
+    e.add_argument(
+        "--by-case",
+        action="store_true",
+        help="also print accuracy per sub-case (arith chain length, hop count, seq operation and length, mon rule)",
+    )
+    e.add_argument(
+        "--save",
+        dest="results_file",  # not "save": nnsight mounts a .save() on every object, which argparse would keep
+        default=None,
+        metavar="FILE",
+        help="also write the results as one JSON file (the eval_results.json shipped beside each checkpoint)",
+    )
     e.set_defaults(func=run_eval)
 
 
@@ -152,6 +164,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.max_denoising_steps and kind == "diffusion":
         gen["max_denoising_steps"] = args.max_denoising_steps
     tasks = T.TASKS if args.task == "all" else (args.task,)
+    results = {}
     for task in tasks:
         t0 = time.time()
         res = evaluate_task(
@@ -166,6 +179,7 @@ def run_eval(args: argparse.Namespace) -> int:
         )
         res["model"] = str(path)
         res["seconds"] = round(time.time() - t0, 2)
+        results[task] = res
         if args.json:
             print(json.dumps({k: v for k, v in res.items() if k != "failures"}), flush=True)
         else:
@@ -176,7 +190,34 @@ def run_eval(args: argparse.Namespace) -> int:
                 f"n={res['n']}  mean {unit} {steps:.2f}",
                 flush=True,
             )
+            if args.by_case:
+                for case, tally in res["by_case"].items():
+                    print(f"       {case:10s} {tally['correct']:4d}/{tally['n']:<4d}", flush=True)
+    if args.results_file:
+        _save_results(args, results)
     return 0
+
+
+def _save_results(args: argparse.Namespace, results: dict) -> None:
+    """Write ``results`` in the eval_results.json layout (the command, the split, per-task figures)."""
+    from diffinterp.studies import write_json_atomic
+    from diffinterp.toy.tasks import DEFAULT_TEST_SIZE as T_DEFAULT
+
+    keep = ("accuracy", "ci_low", "ci_high", "n", "correct", "mean_steps_per_canvas", "bottleneck", "by_case")
+    command = ["diffinterp eval --task", args.task]
+    if args.model:
+        command += ["--model", args.model]
+    if args.bottleneck:
+        command += ["--bottleneck", args.bottleneck]
+    if args.n:
+        command += ["--n", str(args.n)]
+    data = {
+        "command": " ".join(command),
+        "split": f"held-out test split, first {args.n or T_DEFAULT} examples per task (diffinterp.toy.tasks.test_set)",
+        "seed": args.seed,
+        "tasks": {task: {k: res[k] for k in keep} for task, res in results.items()},
+    }
+    write_json_atomic(args.results_file, data)
 
 
 def main(argv: list[str] | None = None) -> int:

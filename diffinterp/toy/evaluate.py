@@ -50,7 +50,17 @@ def predict(
     seed: int = EVAL_SEED,
     **gen_kwargs: Any,
 ) -> tuple[list[str], list[float]]:
-    """Predictions for ``prompts`` and the denoising steps each example's canvas used (AR: tokens)."""
+    """Predictions for ``prompts`` and the denoising steps each example's canvas used (AR: tokens).
+
+    ``model``: a :class:`~diffinterp.HookedDiffusionGemma`, a bare HF DiffusionGemma, or (with
+    ``model_kind="ar"``) the AR twin as ``Gemma4ForCausalLM`` or the :class:`ARBaseline` wrapper.
+    """
+    from diffinterp.toy.ar import ARBaseline
+
+    if isinstance(model, ARBaseline):
+        if model_kind != "ar":
+            raise ValueError("an ARBaseline is the autoregressive twin: pass model_kind='ar'")
+        model = model.model
     ids, mask = prompt_batch(prompts, ar=model_kind == "ar")
     device = model.model.device if _is_hooked(model) else model.device  # e.g. a GPU during training
     ids, mask = ids.to(device), mask.to(device)
@@ -109,6 +119,7 @@ def evaluate_task(
         exs = exs[:n]
     correct, steps = 0, []
     failures = []
+    by_case: dict[str, list[int]] = {}  # case -> [correct, n]
     for start in range(0, len(exs), batch_size):
         chunk = exs[start : start + batch_size]
         preds, st = predict(
@@ -121,7 +132,11 @@ def evaluate_task(
         )
         steps.extend(st)
         for e, p in zip(chunk, preds, strict=True):
-            if T.exact_match(p, e):
+            hit = T.exact_match(p, e)
+            tally = by_case.setdefault(T.case_of(e), [0, 0])
+            tally[0] += hit
+            tally[1] += 1
+            if hit:
                 correct += 1
             elif len(failures) < 5:
                 failures.append({"prompt": e.prompt, "answer": e.answer, "prediction": p})
@@ -136,5 +151,11 @@ def evaluate_task(
         "correct": correct,
         "mean_steps_per_canvas": (sum(valid) / len(valid)) if valid else None,
         "bottleneck": bottleneck or ("continuous" if model_kind == "diffusion" else None),
+        "by_case": {case: {"correct": k, "n": n} for case, (k, n) in sorted(by_case.items(), key=_case_key)},
         "failures": failures,
     }
+
+
+def _case_key(item) -> tuple:
+    """Sort cases by their label with numbers compared as numbers (``"rev 9"`` before ``"rev 10"``)."""
+    return tuple(int(w) if w.isdigit() else w for w in item[0].split())

@@ -91,8 +91,9 @@ def _seq(rng: random.Random) -> tuple[str, str]:
     return f"seq {op} {' '.join(items)}", " ".join(out)
 
 
-def _hop(rng: random.Random) -> tuple[str, str]:
-    hops = rng.randint(2, 4)
+def _hop(rng: random.Random, hops: int | None = None) -> tuple[str, str]:
+    """A hop example; ``hops`` fixes the chain length (default: 2-4 at random, the task's range)."""
+    hops = rng.randint(2, 4) if hops is None else hops
     letters = rng.sample(string.ascii_lowercase, hops + 1 + 2)
     main, distract = letters[: hops + 1], letters[hops + 1 :]
     v_main, v_dis = rng.sample(range(10), 2)
@@ -139,6 +140,25 @@ def hidden_property(example: Example) -> str | None:
         digits = example.prompt.split()[1:]
         return "rev" if int(digits[0]) > int(digits[-1]) else "keep"
     return None
+
+
+def case_of(example: Example) -> str:
+    """The sub-case of an example, for per-case accuracy tables: arith chain length (``"3 steps"``),
+    hop count and which chain's value the prompt states first (``"4 hops, answer first"`` or
+    ``"4 hops, distractor first"``: a model that answers with the first number it reads is right on
+    the first kind only), seq operation and length (``"rev 7"``), or mon rule (``"rule rev"``)."""
+    words = example.prompt.split()
+    if example.task == "arith":
+        return f"{len(words) - 4} steps"  # tag, a=..., then one word per step, then '? x'
+    if example.task == "hop":
+        uses = sum(1 for w in words[1:-2] if not w.split("=")[1].isdigit())
+        first = "answer" if words[1].split("=")[1] == example.answer else "distractor"
+        return f"{uses - 1} hops, {first} first"  # the distractor chain always has one use
+    if example.task == "seq":
+        return f"{words[1]} {len(words) - 2}"
+    if example.task == "mon":
+        return f"rule {hidden_property(example)}"
+    raise ValueError(f"unknown task {example.task!r}; choose one of {', '.join(TASKS)}")
 
 
 def sample(task: str, rng: random.Random, *, split: str = "train") -> Example:
