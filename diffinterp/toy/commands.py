@@ -77,7 +77,8 @@ def register(subparsers) -> None:
     e.add_argument(
         "--by-case",
         action="store_true",
-        help="also print accuracy per sub-case (arith chain length, hop count, seq operation and length, mon rule)",
+        help="also print accuracy per sub-case (tasks.case_of: arith chain length, hop count and which value comes "
+        "first, seq operation and length, mon rule)",
     )
     e.add_argument(
         "--save",
@@ -192,7 +193,7 @@ def run_eval(args: argparse.Namespace) -> int:
             )
             if args.by_case:
                 for case, tally in res["by_case"].items():
-                    print(f"       {case:10s} {tally['correct']:4d}/{tally['n']:<4d}", flush=True)
+                    print(f"       {case:26s} {tally['correct']:4d}/{tally['n']:<4d}", flush=True)
     if args.results_file:
         _save_results(args, results)
     return 0
