@@ -19,8 +19,7 @@ import torch
 
 import diffinterp as di
 from diffinterp.model import checkpoint_metadata
-
-NEVER_STABLE = 10_000  # a stability window longer than any run: adaptive stopping never fires
+from diffinterp.sampler import never_stop_early
 
 
 def timed(fn) -> float:
@@ -56,7 +55,7 @@ def main() -> None:
     if args.max_new_tokens is not None:
         kwargs["max_new_tokens"] = args.max_new_tokens
     if args.all_steps:
-        kwargs["stability_threshold"] = NEVER_STABLE
+        kwargs.update(never_stop_early(hm.model.generation_config.max_denoising_steps))
     names = hm.resolve_names(args.names)
 
     def hf_generate():

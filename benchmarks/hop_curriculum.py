@@ -44,7 +44,7 @@ def curriculum_stream(seed: int):
             continue
         hops = rng.choices(list(HOP_WEIGHTS), weights=list(HOP_WEIGHTS.values()))[0]
         while True:
-            prompt, answer = T._hop(rng, hops)
+            prompt, answer = T.hop_example(rng, hops)
             if not T.is_test_prompt(prompt):
                 yield T.Example("hop", prompt, answer)
                 break
@@ -55,7 +55,7 @@ def held_out_by_hops(hops: int, n: int, seed: int = 7) -> list[T.Example]:
     rng = random.Random(f"{seed}-{hops}")
     seen: dict[str, T.Example] = {}
     while len(seen) < n:
-        prompt, answer = T._hop(rng, hops)
+        prompt, answer = T.hop_example(rng, hops)
         if T.is_test_prompt(prompt):
             seen.setdefault(prompt, T.Example("hop", prompt, answer))
     return list(seen.values())

@@ -23,11 +23,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffinterp.model import bundled_model_path, load_model  # noqa: E402
+from diffinterp.sampler import never_stop_early  # noqa: E402
 from diffinterp.toy import tasks as T  # noqa: E402
 from diffinterp.toy.evaluate import evaluate_task  # noqa: E402
 from diffinterp.toy.train import default_generation_config  # noqa: E402
-
-NEVER_STABLE = 1000  # a stability window longer than any run: no adaptive stopping
 
 #: (label, settings for ``default_generation_config``); the first row is the shipped default.
 GRID: list[tuple[str, dict]] = [
@@ -48,7 +47,7 @@ GRID: list[tuple[str, dict]] = [
         "16 steps, t 0.1->0.01, bound 0.5, stop 1/0.005",
         dict(max_denoising_steps=16, t_max=0.1, t_min=0.01, entropy_bound=0.5, stability_threshold=1),
     ),
-    ("32 steps, t 0.4->0.1, bound 0.1, no early stop", dict(t_max=0.4, t_min=0.1, stability_threshold=NEVER_STABLE)),
+    ("32 steps, t 0.4->0.1, bound 0.1, no early stop", dict(t_max=0.4, t_min=0.1, **never_stop_early(32))),
     ("48 steps, t 1.0->0.5, bound 0.05, stop 2/0.005", dict(max_denoising_steps=48, entropy_bound=0.05)),
     ("32 steps, t 1.0->0.7, bound 0.1, stop 3/0.005", dict(t_min=0.7, stability_threshold=3)),
     ("32 steps, t 1.0->0.3, bound 0.1, stop 2/0.005", dict(t_min=0.3)),

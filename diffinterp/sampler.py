@@ -528,6 +528,12 @@ def step_inputs(hm, trajectory: Trajectory, block: int, step: int) -> dict[str, 
     return _decoder_kwargs(runtime, record.canvas_in, signal, Bottleneck.parse(trajectory.bottleneck))
 
 
+def never_stop_early(max_denoising_steps: int) -> dict[str, int]:
+    """Generation kwargs that switch adaptive stopping off: a stability window longer than the run,
+    so every block takes all ``max_denoising_steps``."""
+    return {"stability_threshold": max_denoising_steps + 1}
+
+
 def generation_kwargs(trajectory: Trajectory) -> dict[str, Any]:
     """``generate`` keywords that reproduce a trajectory's sampler settings (the bottleneck aside)."""
     from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig

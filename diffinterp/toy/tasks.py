@@ -91,7 +91,7 @@ def _seq(rng: random.Random) -> tuple[str, str]:
     return f"seq {op} {' '.join(items)}", " ".join(out)
 
 
-def _hop(rng: random.Random, hops: int | None = None) -> tuple[str, str]:
+def hop_example(rng: random.Random, hops: int | None = None) -> tuple[str, str]:
     """A hop example; ``hops`` fixes the chain length (default: 2-4 at random, the task's range)."""
     hops = rng.randint(2, 4) if hops is None else hops
     letters = rng.sample(string.ascii_lowercase, hops + 1 + 2)
@@ -129,7 +129,7 @@ def _mon(rng: random.Random) -> tuple[str, str]:
 GENERATORS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
     "arith": _arith,
     "seq": _seq,
-    "hop": _hop,
+    "hop": hop_example,
     "mon": _mon,
 }
 
