@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 import diffinterp as di
-from diffinterp.model import checkpoint_metadata
-from diffinterp.sampler import never_stop_early
+from diffinterp.core.loading import checkpoint_metadata
+from diffinterp.core.sampler import never_stop_early
 
 
 def timed(fn) -> float:

@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffinterp.toy import tasks as T  # noqa: E402
-from diffinterp.toy import train as TR  # noqa: E402
-from diffinterp.toy.evaluate import predict  # noqa: E402
+from diffinterp.organisms import tasks as T  # noqa: E402
+from diffinterp.organisms import train as TR  # noqa: E402
+from diffinterp.organisms.evaluate import predict  # noqa: E402
 
 HOP_WEIGHTS = {0: 1, 1: 1, 2: 2, 3: 2, 4: 2}
 
@@ -77,11 +77,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         TR.train(cfg, tmp, stream=curriculum_stream(cfg.seed))
         if args.model == "ar":
-            from diffinterp.toy.ar import load_ar_baseline
+            from diffinterp.organisms.twin import load_ar_baseline
 
             model = load_ar_baseline(tmp).model
         else:
-            from diffinterp.model import load_model
+            from diffinterp.core.loading import load_model
 
             model = load_model(tmp)
         torch.set_num_threads(args.threads)
@@ -95,7 +95,7 @@ def main() -> int:
             print(f"{hops} hops: {correct}/{len(exs)}  95% CI [{lo:.2f}, {hi:.2f}]", flush=True)
     result["minutes"] = round((time.time() - t0) / 60, 1)
     if args.json:
-        from diffinterp.studies import write_json_atomic
+        from diffinterp.studies.output import write_json_atomic
 
         write_json_atomic(args.json, result)
     return 0

@@ -22,12 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from patching_sweep import checkpoint_id, full_schedule, setup  # noqa: E402
 
 import diffinterp as di  # noqa: E402
-from diffinterp import instrument_plots as ip  # noqa: E402
-from diffinterp import lens as lz  # noqa: E402
-from diffinterp import patching as pt  # noqa: E402
-from diffinterp import probes as pr  # noqa: E402
-from diffinterp.model import bundled_model_path, checkpoint_metadata  # noqa: E402
-from diffinterp.plotting import canvas_evolution, entropy_heatmap, save_figure  # noqa: E402
+from diffinterp.core.loading import bundled_model_path, checkpoint_metadata  # noqa: E402
+from diffinterp.figures import instruments as ip  # noqa: E402
+from diffinterp.figures.canvas import canvas_evolution, entropy_heatmap
+from diffinterp.instruments import lens as lz  # noqa: E402
+from diffinterp.instruments import patching as pt  # noqa: E402
+from diffinterp.instruments import probes as pr  # noqa: E402
+from diffinterp.records.files import save_figure  # noqa: E402
 
 
 def _r(x, digits=3):
@@ -69,8 +70,8 @@ def main() -> None:
     numbers["answers_differ"] = _r((argmax_c[:, 0] != argmax_k[:, 0]).float().mean())
 
     # 1. canvas, entropy, logit lens, commit order: on an arith prompt (a longer answer), then on the hop pairs
-    from diffinterp.toy.tasks import test_set
-    from diffinterp.toy.train import prompt_batch
+    from diffinterp.organisms.batches import prompt_batch
+    from diffinterp.organisms.tasks import test_set
 
     arith = [e for e in test_set("arith", 40) if "c=" in e.answer][:4]
     ids, mask = prompt_batch([e.prompt for e in arith])
@@ -116,7 +117,7 @@ def main() -> None:
     free = sweeps["free"].mean(normalised=True)
     numbers["free_restored_last_layer_last_step"] = _r(free[-1, -1])
     numbers["free_restored_max_by_step"] = [_r(v) for v in free.nan_to_num(-9).max(1).values]
-    from diffinterp.toy.tokenizer import EOS_ID, PAD_ID
+    from diffinterp.organisms.tokenizer import EOS_ID, PAD_ID
 
     exact = pt.step_layer_sweep(hm, clean, corrupt, cache, pt.ExactMatch(argmax_c, eos_id=EOS_ID, pad_id=PAD_ID))
     numbers["exact_match_corrupt"] = _r(exact.corrupt.mean())

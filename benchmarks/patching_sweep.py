@@ -28,13 +28,13 @@ from pathlib import Path
 import torch
 
 import diffinterp as di
-from diffinterp import patching as pt
-from diffinterp.model import bundled_model_path
+from diffinterp.core.loading import bundled_model_path
+from diffinterp.instruments import patching as pt
 
 
 def hop_pairs(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
     """``n`` held-out ``hop`` prompts and corrupted twins whose answer-bearing value is another digit."""
-    from diffinterp.toy.tasks import test_set
+    from diffinterp.organisms.tasks import test_set
 
     rng = random.Random(seed)
     clean, corrupt = [], []
@@ -52,7 +52,7 @@ def hop_pairs(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
 
 def prompt_ids(clean: list[str], corrupt: list[str]):
     """Both prompt lists as ``<bos> prompt`` ids padded to one length (the toy models' format)."""
-    from diffinterp.toy.train import prompt_batch
+    from diffinterp.organisms.batches import prompt_batch
 
     ids, mask = prompt_batch(clean + corrupt)
     n = len(clean)

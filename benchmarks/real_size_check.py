@@ -16,7 +16,6 @@ peak GPU memory, and the case studies' summaries. A failing check is recorded, n
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import time
 import traceback
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 
 import diffinterp as di
-from diffinterp.model import real_pattern_tiny_config
+from diffinterp.core.configs import real_pattern_tiny_config
 
 PROMPT_LEN, BATCH = 24, 2
 
@@ -203,18 +202,18 @@ def main() -> int:
     checks.run("zero_ablation_equals_plain_torch_hook", ablation_vs_torch_hook)
     checks.run("no_hooks_left", no_hooks_left)
 
-    from case_studies import STUDIES
+    from diffinterp.studies.registry import load_study
 
     # monitorability fits its logistic monitors on (position, token) one-hots: with a 262k
     # vocabulary and 256 positions, a small training set keeps that fit to seconds
     extra = {"monitorability": {"n_train": 20}}
     for name in ("self-correction", "smearing", "non-chronological", "intermediate-context", "monitorability"):
-        module = importlib.import_module(STUDIES[name])
+        run = load_study(name).run
         folder, options = studies_out / name, extra.get(name, {})
 
-        def study(module=module, folder=folder, options=options):
+        def study(run=run, folder=folder, options=options):
             torch.manual_seed(0)
-            metrics = module.run(hm, n=2, out_dir=folder, quick=True, max_denoising_steps=4, **options)
+            metrics = run(hm, n=2, out_dir=folder, quick=True, max_denoising_steps=4, **options)
             return {"summary": metrics.get("summary"), "notes": metrics.get("notes")}
 
         checks.run(f"case_study_{name}", study)

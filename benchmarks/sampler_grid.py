@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffinterp.model import bundled_model_path, load_model  # noqa: E402
-from diffinterp.sampler import never_stop_early  # noqa: E402
-from diffinterp.toy import tasks as T  # noqa: E402
-from diffinterp.toy.evaluate import evaluate_task  # noqa: E402
-from diffinterp.toy.train import default_generation_config  # noqa: E402
+from diffinterp.core.loading import bundled_model_path, load_model  # noqa: E402
+from diffinterp.core.sampler import never_stop_early  # noqa: E402
+from diffinterp.organisms import tasks as T  # noqa: E402
+from diffinterp.organisms.evaluate import evaluate_task  # noqa: E402
+from diffinterp.organisms.train import default_generation_config  # noqa: E402
 
 #: (label, settings for ``default_generation_config``); the first row is the shipped default.
 GRID: list[tuple[str, dict]] = [
@@ -89,7 +89,7 @@ def main() -> int:
     best = max(rows, key=lambda r: r["mean"])
     print(f"best mean: {best['settings']} ({best['mean']:.3f})")
     if args.json:
-        from diffinterp.studies import write_json_atomic
+        from diffinterp.studies.output import write_json_atomic
 
         write_json_atomic(
             args.json,

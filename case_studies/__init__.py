@@ -1,15 +1,6 @@
-"""Case studies: one module per phenomenon, each with ``run(model, *, n, out_dir, ...) -> metrics``.
+"""The built-in case studies: one module per phenomenon, each with ``run(model, *, n, out_dir, ...) -> metrics``.
 
-``STUDIES`` maps the CLI name (``diffinterp case-study NAME``) to the module; the shared machinery
-(prompt sets, batched runs, statistics, output folders) lives in :mod:`diffinterp.studies` and
-:mod:`diffinterp.stats`.
+They register in the ``diffinterp.case_studies`` entry-point group (``pyproject.toml``) exactly as an
+external study does, and run as ``diffinterp case-study NAME``; the shared machinery (prompt sets,
+batched runs, statistics, output folders, the registry) lives in :mod:`diffinterp.studies`.
 """
-
-STUDIES = {
-    "non-chronological": "case_studies.non_chronological",
-    "smearing": "case_studies.smearing",
-    "intermediate-context": "case_studies.intermediate_context",
-    "monitorability": "case_studies.monitorability",
-    "variable-transparency": "case_studies.variable_transparency",
-    "self-correction": "case_studies.self_correction",
-}

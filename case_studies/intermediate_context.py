@@ -3,7 +3,7 @@
     from case_studies import intermediate_context
     metrics = intermediate_context.run(n=100, out_dir="out/intermediate_context")
 
-1. Find the transient tokens of every run (``diffinterp.transient``): content tokens that sit in an
+1. Find the transient tokens of every run (``diffinterp.phenomena.transient``): content tokens that sit in an
    intermediate canvas (accepted, or only in the argmax) and differ from the position's final token.
 2. Causal test, in a replay with the clean run's random draws: hide the tokens from the steps that
    read them (canvas embedding -> a renoising draw, self-conditioning -> the token's probability
@@ -21,7 +21,8 @@ from functools import partial
 from typing import Any
 
 from diffinterp import stats, studies
-from diffinterp import transient as tr
+from diffinterp.figures import transient as trf
+from diffinterp.phenomena import transient as tr
 
 TOY_TASKS = ("hop", "arith", "seq", "mon")
 QUICK_TASKS = ("hop", "arith")
@@ -204,10 +205,10 @@ def run(
             per_task[task], rates[task] = found["result"], found["rates"]
             if found["example"] is not None and (example is None or found["example"][0] > example[1]):
                 example = (task, *found["example"])
-        out.figure(tr.rate_per_step_plot(rates), "transient_per_step")
+        out.figure(trf.rate_per_step_plot(rates), "transient_per_step")
         if example is not None:
             task, _, trajectory, tokens, row = example
-            out.figure(tr.canvas_example_plot(trajectory, tokens, row, hm.tokenizer), f"canvas_example_{task}")
+            out.figure(trf.canvas_example_plot(trajectory, tokens, row, hm.tokenizer), f"canvas_example_{task}")
         known = all(r["accuracy"] is not None for r in per_task.values())
         key = "depends_of_correct" if known else "changed_of_rows_with_transient"
         ctl = "control_depends_of_correct" if known else "control_changed_of_rows_with_transient"
@@ -217,7 +218,7 @@ def run(
             for t, r in per_task.items()
         }
         label = "correct answers broken" if known else "outputs changed (rows with transient tokens)"
-        out.figure(tr.dependence_plot(bars, label), "dependence")
+        out.figure(trf.dependence_plot(bars, label), "dependence")
         out.metrics.update(
             summary=_summary(per_task, key, ctl, whole),
             per_task=per_task,

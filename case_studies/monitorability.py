@@ -4,9 +4,9 @@ and as well as they can from the AR twin's ("Gemma 4") outputs?
     from case_studies import monitorability
     metrics = monitorability.run(out_dir="out/monitorability")        # quick=True: ~30 s
 
-Task ``mon`` (``diffinterp.toy.tasks``): the prompt's first digit > last digit (hidden property,
+Task ``mon`` (``diffinterp.organisms.tasks``): the prompt's first digit > last digit (hidden property,
 label ``rev``) makes the model reverse the digits and write ``rev``; otherwise it copies them after
-``keep``. Monitors (``diffinterp.monitors``): a keyword rule, a learned one-token rule, and L2
+``keep``. Monitors (``diffinterp.phenomena.monitors``): a keyword rule, a learned one-token rule, and L2
 logistic regressions on bag-of-token (+ position) features, trained on the outputs for train-split
 prompts and evaluated on the held-out test prompts; "digits only" variants read the outputs with the
 rule words removed, and an order rule also reads the prompt. Sources: the diffusion model's final
@@ -24,19 +24,13 @@ from typing import Any
 
 import torch
 
-from diffinterp import monitors as M
+from diffinterp.figures import monitors as MF
+from diffinterp.phenomena import monitors as M
+from diffinterp.records.decoding import output_tokens, special_ids
 from diffinterp.stats import proportion_of
-from diffinterp.studies import (
-    PromptSet,
-    StudyOutput,
-    model_info,
-    output_tokens,
-    prompt_set,
-    random_prompt_set,
-    run_prompt_set,
-    special_ids,
-    uses_toy_tokenizer,
-)
+from diffinterp.studies.output import StudyOutput
+from diffinterp.studies.prompts import PromptSet, prompt_set, random_prompt_set, uses_toy_tokenizer
+from diffinterp.studies.runs import model_info, run_prompt_set
 
 TASK, POSITIVE, RULE_WORDS = "mon", "rev", ("rev", "keep")
 MAIN = "logistic (bag+position)"
@@ -49,7 +43,7 @@ def train_prompt_set(hm, n: int, *, seed: int, exclude: PromptSet) -> PromptSet:
     """``n`` distinct monitor-training prompts: toy train split, or random prompts of another seed
     (minus any equal to a prompt of ``exclude``, the test set)."""
     if uses_toy_tokenizer(hm):
-        from diffinterp.toy import tasks as toy_tasks
+        from diffinterp.organisms import tasks as toy_tasks
 
         rng, examples, seen = random.Random(f"diffinterp-monitor-train-{seed}"), [], set()
         for _ in range(100 * n):
@@ -87,8 +81,8 @@ def diffusion_outputs(hm, ps: PromptSet, *, seed: int, batch_size: int, **gen_kw
 
 def ar_outputs(hm, ps: PromptSet) -> tuple[list[list[int]], list[bool]]:
     """The AR twin's greedy outputs as toy token ids, and their exact match."""
-    from diffinterp.toy.ar import load_ar_baseline
-    from diffinterp.toy.tasks import normalize
+    from diffinterp.organisms.tasks import normalize
+    from diffinterp.organisms.twin import load_ar_baseline
 
     texts = load_ar_baseline().complete(ps.texts)
     ids = [hm.tokenizer.convert_tokens_to_ids(text.split()) for text in texts]
@@ -235,14 +229,14 @@ def run(
     }
     summary = headline(test, train, positive, accuracy, auroc, per_step, comparison, len(drafts))
     with StudyOutput(out_dir) as out:
-        out.figure(M.auroc_bars(auroc), "auroc_by_source")
-        out.figure(M.auroc_per_step(per_step, auroc["diffusion final"]), "auroc_per_step")
+        out.figure(MF.auroc_bars(auroc), "auroc_by_source")
+        out.figure(MF.auroc_per_step(per_step, auroc["diffusion final"]), "auroc_per_step")
         if 0 < y_test.sum() < y_test.size:
             shown = [
                 k for k in ("keyword rule (rev)", MAIN, "digits only: logistic (bag+position)") if k in fitted["score"]
             ]
             curves = {k: {s: M.roc_curve(scores[s][k], y_test) for s in scores} for k in shown}
-            out.figure(M.roc_figure(curves), "roc_curves")
+            out.figure(MF.roc_figure(curves), "roc_curves")
         out.metrics.update(
             summary=summary,
             auroc=auroc,

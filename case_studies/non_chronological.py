@@ -3,7 +3,7 @@
     from case_studies import non_chronological
     metrics = non_chronological.run(n=100, out_dir="out/non_chronological")
 
-1. Settling (``diffinterp.settling``): the step each canvas position settles; per task, the fraction
+1. Settling (``diffinterp.phenomena.settling``): the step each canvas position settles; per task, the fraction
    of samples whose answer settles strictly before / at the same step as / after the reasoning it
    depends on (the last scratch value for arith, every earlier content token otherwise), split by
    correct / incorrect outputs, with Wilson 95% CIs; also on argmax stability alone (acceptance
@@ -25,11 +25,12 @@ from typing import Any
 
 import torch
 
-from diffinterp import settling as st
 from diffinterp import studies
-from diffinterp.instrument_plots import commit_order
-from diffinterp.lens import first_prediction, target_lens
-from diffinterp.probes import fit_probes
+from diffinterp.figures import settling as stf
+from diffinterp.figures.instruments import commit_order
+from diffinterp.instruments.lens import first_prediction, target_lens
+from diffinterp.instruments.probes import fit_probes
+from diffinterp.phenomena import settling as st
 from diffinterp.stats import mean_ci, proportion, proportion_of
 
 DEFAULT_TASKS = ("arith", "seq", "hop", "mon")
@@ -119,7 +120,7 @@ def lens_and_probes(hm, batch, rows, seed: int) -> tuple[dict[str, Any], Any]:
     example = int(torch.where(rows["order_dependency"] < 0, last, -1).argmax())
     tokenizer = hm.tokenizer if studies.uses_toy_tokenizer(hm) else None
     figures = {
-        "lens_curve": st.lens_curve(offsets, curves, counts),
+        "lens_curve": stf.lens_curve(offsets, curves, counts),
         "commit_order_example": commit_order(
             batch.trajectory, row=example, tokenizer=tokenizer, first=first_prediction(lens, s.final)
         ),  # fmt: skip
@@ -168,7 +169,7 @@ def causal_test(hm, batch, rows, *, shift: int, digit_ids, eq_id, self_condition
         results[name] = {k: proportion_of([x == k for x in kinds]) for k in ("unchanged", "follows", "other")}
         results[name]["survives"] = proportion_of(survives)
         results[name]["replay_exact_untouched_rows"] = proportion_of(exact)
-    return results, st.causal_bars(results)
+    return results, stf.causal_bars(results)
 
 
 def _eq(hm) -> int | None:
@@ -214,7 +215,7 @@ def run(model=None, *, n: int = 100, out_dir: str | Path = "out/non_chronologica
                     tokenizer = hm.tokenizer if toy else None
                     s, regions = rows["_settling"], rows["_regions"]
                     examples = list(range(min(8, len(s.last))))
-                    out.figure(st.settle_heatmap(s.settle, s.final, regions, s.last, examples, tokenizer,
+                    out.figure(stf.settle_heatmap(s.settle, s.final, regions, s.last, examples, tokenizer,
                                                  title=f"Settle steps, {task}"), "settle_heatmap")  # fmt: skip
                 parts.append({k: v for k, v in rows.items() if not k.startswith("_")})
             rows = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
@@ -229,7 +230,7 @@ def run(model=None, *, n: int = 100, out_dir: str | Path = "out/non_chronologica
                 "vs_first_scratch_token": _fractions(rows, "scratch_first"),
                 "vs_dependency_argmax_only": _fractions(rows, "argmax_only"),
             }
-        out.figure(st.order_bars({t: per_task[t]["vs_dependency"]["all"] for t in tasks}), "settle_order")
+        out.figure(stf.order_bars({t: per_task[t]["vs_dependency"]["all"] for t in tasks}), "settle_order")
         summary = {
             f"{t}_answer_before_reasoning": per_task[t]["vs_dependency"]["all"]["before"]["value"] for t in tasks
         }

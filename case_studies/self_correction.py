@@ -18,7 +18,9 @@ from pathlib import Path
 import torch
 
 from diffinterp import stats
-from diffinterp.studies import StudyOutput, model_info, prompt_set, run_prompt_set, uses_toy_tokenizer
+from diffinterp.studies.output import StudyOutput
+from diffinterp.studies.prompts import prompt_set, uses_toy_tokenizer
+from diffinterp.studies.runs import model_info, run_prompt_set
 
 DEFAULT_TASKS = ("arith", "seq", "hop", "mon")
 
@@ -46,7 +48,7 @@ def revisions(canvas_out: torch.Tensor, accepted: torch.Tensor, active: torch.Te
 def _figure(per_task: dict, per_step: list[float]):
     import matplotlib.pyplot as plt
 
-    from diffinterp.plotting import STYLE
+    from diffinterp.figures.canvas import STYLE
 
     with plt.rc_context(STYLE):
         fig, (left, right) = plt.subplots(1, 2, figsize=(7.0, 2.6))

@@ -1,6 +1,6 @@
 """Token and sequence smearing: how often an intermediate canvas spreads a token over neighbouring
 positions, or shifts a run of tokens, before the canvas resolves (definitions in
-:mod:`diffinterp.smearing`).
+:mod:`diffinterp.phenomena.smearing`).
 
     from case_studies import smearing
     metrics = smearing.run(n=100, out_dir="out/smearing")
@@ -18,19 +18,14 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from diffinterp import smearing as sm
 from diffinterp import stats
-from diffinterp.plotting import token_labels
-from diffinterp.studies import (
-    RANDOM_TASK,
-    StudyOutput,
-    model_info,
-    output_tokens,
-    prompt_set,
-    run_prompt_set,
-    special_ids,
-    uses_toy_tokenizer,
-)
+from diffinterp.figures import smearing as smf
+from diffinterp.figures.canvas import token_labels
+from diffinterp.phenomena import smearing as sm
+from diffinterp.records.decoding import output_tokens, special_ids
+from diffinterp.studies.output import StudyOutput
+from diffinterp.studies.prompts import RANDOM_TASK, prompt_set, uses_toy_tokenizer
+from diffinterp.studies.runs import model_info, run_prompt_set
 
 QUICK_N = 24
 #: Soft smears read the recorded logits of a whole batch; above this many bytes (a 262k vocabulary,
@@ -102,7 +97,7 @@ def run(
 ) -> dict[str, Any]:
     """Measure smearing on ``model`` (default: the bundled one); write metrics.json and figures."""
     import diffinterp as di
-    from diffinterp.toy.tasks import TASKS
+    from diffinterp.organisms.tasks import TASKS
 
     hm = model if model is not None else di.load_model()
     n = min(n, QUICK_N) if quick else n
@@ -167,18 +162,20 @@ def run(
         results[task]["token_widths"] = [e.width for e in scans["token"].events]
 
     with StudyOutput(out_dir) as out:
-        out.figure(sm.rate_bars({t: {k: results[t][k]["samples"] for k in kinds} for t in tasks}), "rate_per_task")
+        out.figure(smf.rate_bars({t: {k: results[t][k]["samples"] for k in kinds} for t in tasks}), "rate_per_task")
         for kind in HEADLINE:
             curves = {t: results[t][kind]["per_step"] for t in tasks}
-            out.figure(sm.rate_per_step(curves, title=f"Intermediate canvases with a {kind} smear"), f"{kind}_per_step")
+            out.figure(
+                smf.rate_per_step(curves, title=f"Intermediate canvases with a {kind} smear"), f"{kind}_per_step"
+            )
         relative = {t: results[t]["token"]["per_relative_step"] for t in tasks}
-        fig = sm.rate_per_step(relative, "relative step (step / last step)", "Token smears by relative step")
+        fig = smf.rate_per_step(relative, "relative step (step / last step)", "Token smears by relative step")
         out.figure(fig, "token_per_relative_step")
-        out.figure(sm.shift_histogram(shifts, max_shift), "shift_histogram")
-        out.figure(sm.displacement_profile({t: results[t]["displacement"] for t in tasks}), "displacement_profile")
+        out.figure(smf.shift_histogram(shifts, max_shift), "shift_histogram")
+        out.figure(smf.displacement_profile({t: results[t]["displacement"] for t in tasks}), "displacement_profile")
         task, trajectory, row, local, block, shown = showcase
         title = f"{task} prompt {row}" + ("" if shown else " (no smear found)")
-        out.figure(sm.smear_evolution(trajectory, local, block, hm.tokenizer, shown, title), "example_evolution")
+        out.figure(smf.smear_evolution(trajectory, local, block, hm.tokenizer, shown, title), "example_evolution")
         out.metrics.update(
             summary=_summary(results, tasks),
             per_task=results,

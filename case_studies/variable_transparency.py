@@ -4,7 +4,7 @@ bottleneck costs in accuracy.
     from case_studies import variable_transparency
     metrics = variable_transparency.run(out_dir="out/variable_transparency")
 
-1. The depth table (``diffinterp.depth_accounting``): the released 26B-A4B structure on the meta
+1. The depth table (``diffinterp.depth.accounting``): the released 26B-A4B structure on the meta
    device (or any config), AR per token vs diffusion per step, chained over N steps for each
    self-conditioning signal, N = 48 (the default maximum) and the mean number of steps the
    evaluated model actually uses.
@@ -21,50 +21,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from diffinterp import depth_accounting as da
-from diffinterp.plotting import accuracy_per_mode, depth_per_step, save_figure
+from diffinterp.depth import accounting as da
+from diffinterp.figures.transparency import accuracy_per_mode, depth_per_step
+from diffinterp.organisms.twin import bundled_ar_path
+from diffinterp.records.files import save_figure
 
 DEFAULT_MODES = ("continuous", "argmax", "topk:4", "sample", "none")
 
 
-def depth_models(config: str = "real", ar_path: str | None = None):
-    """(diffusion, AR) meta models for ``config``: 'real', 'tiny', or a DiffusionGemma folder."""
-    import diffinterp as di
-    from diffinterp.model import _TINY_TEXT_DEFAULTS, real_ar_text_config
-
-    if config == "real":
-        return da.diffusion_meta_model(di.real_config()), da.ar_meta_model(real_ar_text_config())
-    if config == "tiny":
-        return da.diffusion_meta_model(di.tiny_config()), da.ar_meta_model(dict(_TINY_TEXT_DEFAULTS))
-    from transformers import DiffusionGemmaConfig
-
-    diffusion_config = DiffusionGemmaConfig.from_pretrained(config)
-    if ar_path is None:
-        from diffinterp.toy.ar import bundled_ar_path
-
-        ar_path = bundled_ar_path()
-    ar_config = json.loads((Path(ar_path) / "config.json").read_text())
-    for key in ("architectures", "transformers_version", "dtype", "torch_dtype"):
-        ar_config.pop(key, None)
-    return da.diffusion_meta_model(diffusion_config), da.ar_meta_model(ar_config)
-
-
-def depth_table(config: str = "real", step_counts=(48,), *, ar_path=None, prompt_len: int = 16, trace_steps: int = 4):
-    """The paper's table for ``config``; rows and details (see ``depth_accounting.transparency_table``)."""
-    diffusion, ar = depth_models(config, ar_path)
-    return da.transparency_table(
-        diffusion,
-        ar,
-        sorted({int(n) for n in step_counts}, reverse=True),
-        prompt_len=prompt_len,
-        trace_steps=trace_steps,
-    )
-
-
 def bottleneck_accuracy(hm, modes=DEFAULT_MODES, tasks=None, n: int = 100, seed: int = 0) -> dict[str, Any]:
     """Accuracy per task and mode (with 95% CIs), mean steps, and agreement with continuous outputs."""
-    from diffinterp.toy import tasks as toy_tasks
-    from diffinterp.toy.evaluate import predict
+    from diffinterp.organisms import tasks as toy_tasks
+    from diffinterp.organisms.evaluate import predict
 
     results: dict[str, dict[str, dict]] = {}
     for task in tasks or toy_tasks.TASKS:
@@ -111,7 +79,8 @@ def run(
     continuous = [per_mode[modes[0]]["mean_steps_per_canvas"] for per_mode in accuracy.values()]
     mean_steps = sum(continuous) / len(continuous)
     step_counts = [max_steps, max(1, round(mean_steps))]
-    rows, details = depth_table(config, step_counts, trace_steps=4)
+    ar_path = None if config in ("real", "tiny") else bundled_ar_path()  # a folder config: the bundled twin
+    rows, details = da.depth_table(config, step_counts, ar_path=ar_path, trace_steps=4)
     chains = {
         key: [da.chain_depth(depths, s) for s in range(1, max_steps + 1)]
         for key, depths in details["traced_step_depths"].items()

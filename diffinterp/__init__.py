@@ -5,22 +5,22 @@ hm = di.load_model()                                  # bundled checkpoint, or a
 traj, cache = hm.run_with_cache(input_ids, names_filter=lambda n: n.endswith("resid_post"))
 """
 
-from diffinterp import depth, lens, patching, probes
-from diffinterp.cache import CacheBudgetError, DenoisingCache
-from diffinterp.hooks import HookedDiffusionGemma
-from diffinterp.model import (
-    load_hf_model,
-    load_model,
-    load_tokenizer,
+from diffinterp import depth
+from diffinterp.core.bottleneck import BOTTLENECK_MODES, Bottleneck
+from diffinterp.core.configs import (
     meta_model,
     real_config,
     real_generation_config,
+    real_pattern_tiny_config,
     tiny_config,
     tiny_model,
 )
-from diffinterp.sampler import BOTTLENECK_MODES, Bottleneck
-from diffinterp.toy.ar import load_ar_baseline
-from diffinterp.trajectory import BlockRecord, StepRecord, Trajectory
+from diffinterp.core.hooked import HookedDiffusionGemma
+from diffinterp.core.loading import load_hf_model, load_model, load_tokenizer
+from diffinterp.instruments import lens, patching, probes
+from diffinterp.organisms.twin import load_ar_baseline
+from diffinterp.records.cache import CacheBudgetError, DenoisingCache
+from diffinterp.records.trajectory import BlockRecord, StepRecord, Trajectory
 
 __version__ = "0.1.0"
 
@@ -44,6 +44,7 @@ __all__ = [
     "probes",
     "real_config",
     "real_generation_config",
+    "real_pattern_tiny_config",
     "tiny_config",
     "tiny_model",
 ]

@@ -9,7 +9,7 @@ import torch
 
 import diffinterp as di
 from diffinterp import studies
-from diffinterp import transient as tr
+from diffinterp.phenomena import transient as tr
 
 PAD, EOS = 0, 1
 SPECIAL = (EOS, PAD)
@@ -212,7 +212,7 @@ def _well_formed(value):
 def test_study_runs_on_the_real_pattern_random_model(tmp_path):
     from case_studies import intermediate_context
 
-    hm = di.HookedDiffusionGemma(di.tiny_model(di.model.real_pattern_tiny_config()))
+    hm = di.HookedDiffusionGemma(di.tiny_model(di.real_pattern_tiny_config()))
     metrics = intermediate_context.run(hm, n=3, out_dir=tmp_path, max_denoising_steps=4, max_rounds=2)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["summary"] == metrics["summary"] and saved["summary"]["metric"] == "changed_of_rows_with_transient"

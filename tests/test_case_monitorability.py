@@ -11,7 +11,7 @@ import torch
 
 import diffinterp as di
 from case_studies import monitorability
-from diffinterp import monitors as M
+from diffinterp.phenomena import monitors as M
 from diffinterp.stats import auroc
 
 # Hand-made toy-style outputs (token strings): "mon 9 2 7 4" (9 > 4) -> rev, "mon 4 7 2 9" -> keep.
@@ -140,7 +140,7 @@ def _check_metrics(out, metrics):
 
 
 def test_run_on_real_pattern_tiny_random_model(tmp_path):
-    hm = di.HookedDiffusionGemma(di.tiny_model(di.model.real_pattern_tiny_config()))
+    hm = di.HookedDiffusionGemma(di.tiny_model(di.real_pattern_tiny_config()))
     metrics = monitorability.run(hm, n=3, n_train=6, out_dir=tmp_path, max_denoising_steps=3, resamples=20)
     saved = _check_metrics(tmp_path, metrics)
     assert saved["n"] == 3 and saved["summary"]["accuracy_ar"] is None
@@ -151,7 +151,8 @@ def test_run_on_real_pattern_tiny_random_model(tmp_path):
 
 
 def test_quick_run_on_bundled_model_recomputes(tmp_path):
-    from diffinterp.studies import prompt_set, run_prompt_set
+    from diffinterp.studies.prompts import prompt_set
+    from diffinterp.studies.runs import run_prompt_set
 
     hm = di.load_model()
     metrics = monitorability.run(hm, n=24, n_train=40, out_dir=tmp_path, resamples=50)

@@ -10,9 +10,9 @@ import torch
 
 import diffinterp as di
 from case_studies import non_chronological as nc
-from diffinterp import settling as st
 from diffinterp import studies
-from diffinterp.model import real_pattern_tiny_config
+from diffinterp.core.configs import real_pattern_tiny_config
+from diffinterp.phenomena import settling as st
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 
 import diffinterp as di
 from case_studies import self_correction
-from diffinterp.model import real_pattern_tiny_config
+from diffinterp.core.configs import real_pattern_tiny_config
 
 
 def test_revisions_on_a_hand_made_trajectory():
@@ -60,7 +60,7 @@ def test_runs_on_a_real_pattern_tiny_random_model(tmp_path):
 
 
 def test_quick_run_on_the_bundled_model_agrees_with_eval(tmp_path):
-    from diffinterp.toy.evaluate import evaluate_task
+    from diffinterp.organisms.evaluate import evaluate_task
 
     hm = di.load_model()
     metrics = self_correction.run(hm, out_dir=tmp_path, quick=True, tasks=("arith",))

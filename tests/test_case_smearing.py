@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import diffinterp as di
-from diffinterp import smearing as sm
-from diffinterp.trajectory import BlockRecord, StepRecord, Trajectory
+from diffinterp.figures import smearing as smf
+from diffinterp.phenomena import smearing as sm
+from diffinterp.records.trajectory import BlockRecord, StepRecord, Trajectory
 
 PAD, EOS = 0, 1
 SPECIAL = (EOS, PAD)
@@ -182,7 +183,7 @@ def test_scan_trajectory_and_example_figure(tmp_path):
     trajectory = _trajectory(CANVASES, FINALS, ACTIVE)
     scan = sm.scan_trajectory(trajectory, "token", eos_id=EOS, ignore=SPECIAL)
     assert scan.events == sm.scan_block("token", CANVASES, FINALS, ACTIVE, ignore=SPECIAL).events
-    fig = sm.smear_evolution(trajectory, 0, events=scan.events)
+    fig = smf.smear_evolution(trajectory, 0, events=scan.events)
     assert len(fig.axes[0].patches) == 2  # the two smeared positions are outlined
     with pytest.raises(ValueError, match="record_logits"):
         sm.scan_trajectory(trajectory, "soft")
@@ -208,7 +209,7 @@ def _check_metrics(path, tasks):
 def test_study_runs_on_real_pattern_tiny_model(tmp_path):
     from case_studies import smearing
 
-    hm = di.HookedDiffusionGemma(di.tiny_model(di.model.real_pattern_tiny_config()))
+    hm = di.HookedDiffusionGemma(di.tiny_model(di.real_pattern_tiny_config()))
     smearing.run(hm, n=3, out_dir=tmp_path, max_denoising_steps=4)
     metrics = _check_metrics(tmp_path, ["random"])
     assert metrics["per_task"]["random"]["token"]["by_correctness"] is None
@@ -217,7 +218,9 @@ def test_study_runs_on_real_pattern_tiny_model(tmp_path):
 
 def test_study_quick_on_bundled_model_matches_recomputation(tmp_path):
     from case_studies import smearing
-    from diffinterp.studies import prompt_set, run_prompt_set, special_ids
+    from diffinterp.records.decoding import special_ids
+    from diffinterp.studies.prompts import prompt_set
+    from diffinterp.studies.runs import run_prompt_set
 
     hm = di.load_model()
     metrics = smearing.run(hm, quick=True, tasks=["mon"], out_dir=tmp_path)
@@ -242,7 +245,7 @@ def test_soft_smears_are_skipped_when_the_logits_would_not_fit(tmp_path):
     the study skips the soft detector by default and says so; the rest still runs."""
     from case_studies import smearing as study
 
-    real = di.HookedDiffusionGemma(di.model.meta_model(di.real_config()))
+    real = di.HookedDiffusionGemma(di.meta_model(di.real_config()))
     assert study.soft_logits_bytes(real, 24, {}) == 4 * 24 * 256 * 262144 * 48  # generation config: 48 steps
     assert study.soft_logits_bytes(real, 24, {}) > study.SOFT_LOGITS_BUDGET
     hm = di.load_model()

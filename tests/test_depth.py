@@ -145,13 +145,13 @@ def test_module_attribution_survives_decompositions_and_hooks_are_removed():
 
 @pytest.fixture(scope="module")
 def tiny_meta_models():
-    from case_studies.variable_transparency import depth_models
+    from diffinterp.depth.accounting import depth_models
 
     return depth_models("tiny")
 
 
 def test_bottlenecks_cut_the_chain_and_continuous_signal_does_not(tiny_meta_models):
-    from diffinterp.depth_accounting import diffusion_step_depths
+    from diffinterp.depth.accounting import diffusion_step_depths
 
     diffusion, _ = tiny_meta_models
     continuous = diffusion_step_depths(diffusion, 4, "continuous").step_depths
@@ -166,7 +166,7 @@ def test_bottlenecks_cut_the_chain_and_continuous_signal_does_not(tiny_meta_mode
 
 
 def test_extrapolated_chains_equal_fully_traced_chains(tiny_meta_models):
-    from diffinterp.depth_accounting import chain_depth, diffusion_step_depths
+    from diffinterp.depth.accounting import chain_depth, diffusion_step_depths
 
     diffusion, _ = tiny_meta_models
     for mode in ("continuous", "topk:3", "argmax"):
@@ -178,7 +178,7 @@ def test_extrapolated_chains_equal_fully_traced_chains(tiny_meta_models):
 
 
 def test_ar_token_depth_reads_the_kv_cache(tiny_meta_models):
-    from diffinterp.depth_accounting import ar_token_depth
+    from diffinterp.depth.accounting import ar_token_depth
 
     _, ar = tiny_meta_models
     report = ar_token_depth(ar, prompt_len=16)

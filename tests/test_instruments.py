@@ -14,12 +14,12 @@ from conftest import make_prompts
 from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
 
 import diffinterp as di
-from diffinterp import instrument_plots as ip
-from diffinterp import lens as lz
-from diffinterp import patching as pt
-from diffinterp import probes as pr
-from diffinterp.plotting import save_figure
-from diffinterp.sampler import self_conditioning_inputs
+from diffinterp.core.replay import self_conditioning_inputs
+from diffinterp.figures import instruments as ip
+from diffinterp.instruments import lens as lz
+from diffinterp.instruments import patching as pt
+from diffinterp.instruments import probes as pr
+from diffinterp.records.files import save_figure
 
 
 def gen_kwargs(canvas: int, blocks: int = 1, steps: int = 8, stability: int = 1, confidence: float = 0.9) -> dict:

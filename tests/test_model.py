@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import diffinterp as di
-from diffinterp.model import save_tiny_random_checkpoint
+from diffinterp.organisms.checkpoints import save_tiny_random_checkpoint
 
 
 @pytest.fixture(scope="module")

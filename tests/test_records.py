@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import diffinterp as di
-from diffinterp import serialization
+from diffinterp.records import serialization
 from tests.conftest import make_prompts
 
 GEN = dict(max_new_tokens=16, max_denoising_steps=4)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from diffinterp.report import StudyResult, format_value, write_report
+from diffinterp.studies.report import StudyResult, format_value, write_report
 
 
 def test_report_links_figures_relative_to_the_report(tmp_path):

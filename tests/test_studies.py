@@ -11,7 +11,7 @@ import torch
 
 import diffinterp as di
 from diffinterp import stats, studies
-from diffinterp.model import real_pattern_tiny_config
+from diffinterp.core.configs import real_pattern_tiny_config
 
 
 # ------------------------------------------------------------------------------- statistics
@@ -101,7 +101,7 @@ def test_real_pattern_tiny_config_has_the_real_layer_pattern():
 # ------------------------------------------------------------------------------- runs
 def test_run_prompt_set_matches_eval_accuracy_and_plain_generate():
     """Chunks are seeded like ``diffinterp eval``; each chunk equals a plain seeded generate."""
-    from diffinterp.toy.evaluate import evaluate_task
+    from diffinterp.organisms.evaluate import evaluate_task
 
     hm = di.load_model()
     ps = studies.prompt_set(hm, "seq", 12)

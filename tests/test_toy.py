@@ -1,4 +1,4 @@
-"""The toy tasks, tokenizer, training objective and the bundled checkpoints (diffinterp.toy)."""
+"""The toy tasks, tokenizer, training objective and the bundled checkpoints (diffinterp.organisms)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import shutil
 import pytest
 import torch
 
-from diffinterp.toy import tasks as T
-from diffinterp.toy.ar import bundled_ar_path, bundled_diffusion_path, load_ar_baseline
-from diffinterp.toy.evaluate import evaluate_task
-from diffinterp.toy.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
-from diffinterp.toy.train import TrainConfig, canvas_batch, corrupt, prompt_batch, train_losses
+from diffinterp.organisms import tasks as T
+from diffinterp.organisms.batches import canvas_batch, prompt_batch
+from diffinterp.organisms.evaluate import evaluate_task
+from diffinterp.organisms.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
+from diffinterp.organisms.train import TrainConfig, corrupt, train_losses
+from diffinterp.organisms.twin import bundled_ar_path, bundled_diffusion_path, load_ar_baseline
 
 SAMPLE_N = 32  # held-out examples per task in the bundled-accuracy checks
 
@@ -107,7 +108,7 @@ def _tolerance(p: float, n: int) -> float:
 
 @pytest.fixture(scope="module")
 def hooked_diffusion():
-    from diffinterp.model import load_model
+    from diffinterp.core.loading import load_model
 
     return load_model(bundled_diffusion_path())
 
@@ -153,7 +154,7 @@ def test_bundled_ar_accuracy_matches_the_documented_figure(ar_baseline, task):
 
 
 def test_predict_takes_the_ar_wrapper_or_its_model(ar_baseline):
-    from diffinterp.toy.evaluate import predict
+    from diffinterp.organisms.evaluate import predict
 
     prompts = [e.prompt for e in T.test_set("arith", 3)]
     assert predict(ar_baseline, prompts, model_kind="ar") == predict(ar_baseline.model, prompts, model_kind="ar")
@@ -177,7 +178,7 @@ def _copy(src, dst):
 
 
 def test_corrupted_folders_fail_with_clear_errors(tmp_path):
-    from diffinterp.model import load_model
+    from diffinterp.core.loading import load_model
 
     bad_json = _copy(bundled_diffusion_path(), tmp_path / "bad_json")
     (bad_json / "config.json").write_text('{"model_type": "diffusion_gemma", ')
@@ -200,7 +201,7 @@ def test_corrupted_folders_fail_with_clear_errors(tmp_path):
 
 
 def test_folders_of_the_other_architecture_are_refused():
-    from diffinterp.model import load_model
+    from diffinterp.core.loading import load_model
 
     with pytest.raises(ValueError, match="gemma4_text"):
         load_model(bundled_ar_path())
@@ -211,7 +212,7 @@ def test_folders_of_the_other_architecture_are_refused():
 def test_eval_command_prints_json(capsys):
     import argparse
 
-    from diffinterp.toy.commands import register
+    from diffinterp.cli.organisms import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
@@ -224,7 +225,7 @@ def test_eval_command_prints_json(capsys):
 def test_eval_command_passes_the_bottleneck_to_the_sampler(capsys):
     import argparse
 
-    from diffinterp.toy.commands import register
+    from diffinterp.cli.organisms import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
@@ -237,7 +238,7 @@ def test_eval_command_passes_the_bottleneck_to_the_sampler(capsys):
 def test_eval_command_saves_results_with_per_case_tallies(tmp_path, capsys):
     import argparse
 
-    from diffinterp.toy.commands import register
+    from diffinterp.cli.organisms import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
@@ -258,7 +259,7 @@ def test_eval_save_option_survives_nnsight_patching_every_object():
 
     import nnsight  # noqa: F401
 
-    from diffinterp.toy.commands import register
+    from diffinterp.cli.organisms import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))

@@ -1,0 +1,125 @@
+"""``diffinterp demo`` and ``diffinterp run``: generate on a checkpoint, print and save what happened."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffinterp.cli.options import add_generation_args, decode_text, default_prompt, generation_kwargs, prompt_ids
+
+
+def register(commands) -> None:
+    demo = commands.add_parser("demo", help="generate on the bundled model; print steps; write figures to out/")
+    add_generation_args(demo)
+    demo.add_argument("--prompt", default=None)
+    demo.add_argument("--out", default="out/demo")
+    demo.add_argument("--no-studies", action="store_true", help="skip the quick case studies and the report")
+    demo.set_defaults(func=cmd_demo)
+
+    run = commands.add_parser("run", help="generate and save a cache of hook activations")
+    add_generation_args(run)
+    run.add_argument("--prompt", required=True)
+    run.add_argument(
+        "--cache", required=True, help="comma-separated hook names or globs, e.g. 'decoder.blocks.*.hook_resid_post'"
+    )
+    run.add_argument("--cache-steps", default=None, help="comma-separated steps to record (default: all)")
+    run.add_argument("--max-bytes", type=int, default=None)
+    run.add_argument("--out", required=True, help="cache file (.safetensors)")
+    run.add_argument("--trajectory", default=None, help="trajectory file (default: beside --out)")
+    run.set_defaults(func=cmd_run)
+
+
+def cmd_demo(args) -> int:
+    """Generate on the bundled (or given) model, print each step's argmax canvas, write figures."""
+    import torch
+
+    from diffinterp.core.loading import load_model
+    from diffinterp.figures.canvas import canvas_evolution, entropy_heatmap
+    from diffinterp.records.files import save_figure
+
+    hm = load_model(args.model)
+    input_ids, attention_mask = prompt_ids(hm, args.prompt, args.model)
+    torch.manual_seed(args.seed)
+    trajectory = hm.generate(input_ids, attention_mask=attention_mask, progress=True, **generation_kwargs(args))
+    print(f"prompt: {args.prompt or default_prompt(hm, args.model)}")
+    for record in trajectory.blocks:
+        print(f"block {record.block} ({record.n_steps} steps)")
+        for step in record.steps:
+            print(f"  step {step.step:3d}  T={step.temperature:.3f}  {decode_text(hm, step.argmax[0])}")
+    print(f"output: {decode_text(hm, trajectory.new_tokens()[0])}")
+    out = Path(args.out)
+    written = []
+    for record in trajectory.blocks:
+        written += save_figure(
+            canvas_evolution(trajectory, record.block, 0, hm.tokenizer), out / f"canvas_evolution_block{record.block}"
+        )
+        written += save_figure(
+            entropy_heatmap(trajectory, record.block, 0), out / f"entropy_heatmap_block{record.block}"
+        )
+    trajectory.save(out / "trajectory.safetensors")
+    print("wrote " + ", ".join(str(p) for p in written + [out / "trajectory.safetensors"]))
+    if not args.no_studies:
+        report = run_demo_studies(hm, out, seed=args.seed)
+        print(f"report: {report}")
+    return 0
+
+
+DEMO_STUDIES = ("non-chronological", "smearing", "intermediate-context", "monitorability")
+
+
+def run_demo_studies(hm, out: Path, *, seed: int = 0) -> Path:
+    """The quick version of each algorithmic-transparency study into ``out/NAME``; a one-page report."""
+    import time
+
+    import torch
+
+    from diffinterp.studies.registry import load_study
+    from diffinterp.studies.report import StudyResult, write_report
+
+    results = []
+    for name in DEMO_STUDIES:
+        study = load_study(name)
+        folder = out / name.replace("-", "_")
+        print(f"case study {name} (quick) ...", flush=True)
+        start = time.perf_counter()
+        torch.manual_seed(seed)
+        metrics = study.run(hm, out_dir=folder, seed=seed, quick=True)
+        seconds = time.perf_counter() - start
+        results.append(StudyResult(name, folder, metrics, seconds, study.description))
+        print(f"  done in {seconds:.0f} s -> {folder}/metrics.json", flush=True)
+    preamble = (
+        "Quick versions (small samples) of the case studies on the model the demo ran; `diffinterp case-study "
+        "NAME --n 100` runs the full ones. Produced by `diffinterp demo`.\n\n"
+        "The demo's own trajectory (one prompt, every step):\n\n"
+        "![canvas evolution](canvas_evolution_block0.png)\n![entropy heatmap](entropy_heatmap_block0.png)"
+    )
+    return write_report(out / "report.md", results, title="diffinterp demo: case studies", preamble=preamble)
+
+
+def cmd_run(args) -> int:
+    """Generate and save a cache of the named hooks (and the trajectory)."""
+    import torch
+
+    from diffinterp.core.loading import load_model
+
+    hm = load_model(args.model)
+    input_ids, attention_mask = prompt_ids(hm, args.prompt)
+    names = [name.strip() for name in args.cache.split(",") if name.strip()]
+    torch.manual_seed(args.seed)
+    steps = None if args.cache_steps is None else [int(s) for s in args.cache_steps.split(",")]
+    trajectory, cache = hm.run_with_cache(
+        input_ids,
+        names_filter=names,
+        steps=steps,
+        attention_mask=attention_mask,
+        max_bytes=args.max_bytes,
+        progress=True,
+        **generation_kwargs(args),
+    )
+    cache.save(args.out)
+    trajectory_path = (
+        Path(args.trajectory) if args.trajectory else Path(args.out).with_suffix(".trajectory.safetensors")
+    )
+    trajectory.save(trajectory_path)
+    print(f"output: {decode_text(hm, trajectory.new_tokens()[0])}")
+    print(f"{cache} -> {args.out}; trajectory -> {trajectory_path}")
+    return 0

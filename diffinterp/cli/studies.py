@@ -1,0 +1,78 @@
+"""``diffinterp case-study NAME``: run any registered case study (built-in or from another package)."""
+
+from __future__ import annotations
+
+
+def register(commands) -> None:
+    from diffinterp.studies.registry import available_studies
+
+    entries = available_studies()
+    listing = "\n".join(
+        f"  {name:<24} {entry.target}"
+        + (f" ({entry.distribution})" if entry.distribution not in (None, "diffinterp") else "")
+        for name, entry in entries.items()
+    )
+    study = commands.add_parser(
+        "case-study",
+        help="run a case study; metrics.json and figures in out/NAME/",
+        description="Run a registered case study (entry-point group diffinterp.case_studies) and write its "
+        "metrics.json and figures.",
+        epilog=f"registered case studies:\n{listing}",
+        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+    )
+    study.add_argument("name", choices=list(entries), metavar="NAME", help="a registered case study (listed below)")
+    study.add_argument("--model", default=None, help="HF DiffusionGemma folder (default: the bundled checkpoint)")
+    study.add_argument("--n", type=int, default=100, help="examples per task")
+    study.add_argument("--out", default=None, help="output folder (default: out/NAME)")
+    study.add_argument("--seed", type=int, default=0)
+    study.add_argument("--quick", action="store_true", help="the short version `diffinterp demo` runs")
+    study.add_argument(
+        "--tasks", default=None, help="comma-separated tasks, e.g. arith,hop (studies that take several)"
+    )
+    study.add_argument(
+        "--bottleneck", default=None, help="self-conditioning: continuous | argmax | topk:K | sample | none"
+    )
+    study.add_argument("--steps", type=int, default=None, help="max denoising steps per canvas")
+    study.set_defaults(func=cmd_case_study)
+
+
+def study_options(run, args) -> dict:
+    """Keyword arguments for a study's ``run`` from the optional CLI flags it accepts (``--tasks``,
+    generation arguments); a flag the study cannot take is an error that names it."""
+    import inspect
+
+    parameters = inspect.signature(run).parameters
+    takes_gen = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    options = {}
+    if args.tasks is not None:
+        if "tasks" not in parameters:
+            raise ValueError(f"case study '{args.name}' has a fixed task; drop --tasks")
+        options["tasks"] = tuple(task.strip() for task in args.tasks.split(",") if task.strip())
+    generation = {"bottleneck": args.bottleneck, "max_denoising_steps": args.steps}
+    for key, value in generation.items():
+        if value is None:
+            continue
+        if not takes_gen:
+            raise ValueError(f"case study '{args.name}' sets its own generation arguments; drop --{key.split('_')[-1]}")
+        options[key] = value
+    return options
+
+
+def cmd_case_study(args) -> int:
+    """Run a case study and write its metrics and figures."""
+    import json
+
+    import torch
+
+    from diffinterp.core.loading import load_model
+    from diffinterp.studies.registry import load_study
+
+    study = load_study(args.name)
+    options = study_options(study.run, args)
+    out = args.out or f"out/{args.name.replace('-', '_')}"
+    torch.manual_seed(args.seed)
+    metrics = study.run(load_model(args.model), n=args.n, out_dir=out, seed=args.seed, quick=args.quick, **options)
+    summary = metrics.get("summary", {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))})
+    print(json.dumps(summary, indent=2, default=str))
+    print(f"wrote {out}/metrics.json and figures")
+    return 0

@@ -1,0 +1,244 @@
+"""``DenoisingCache``: activations recorded over a run, indexed by (hook name, step, block).
+
+    cache["decoder.blocks.2.hook_resid_post", 3]          # step 3 of block 0: [batch, pos, d_model]
+    cache["decoder.blocks.2.hook_resid_post", 3, 1]       # step 3 of block 1
+    cache["encoder.blocks.0.hook_resid_post"]             # encoder pass of block 0 (the prompt)
+    cache.get("encoder.blocks.0.hook_resid_post", block=1)
+    cache.stack("decoder.blocks.2.hook_resid_post")       # [steps, batch, pos, d_model]
+
+Encoder entries have step ``None`` (the encoder runs once per block). When the run was filtered
+to canvas ``positions``, the stored tensors hold only those positions, in that order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffinterp.records.serialization import load_records, save_records
+
+KIND = "diffinterp.DenoisingCache"
+Key = tuple[str, int | None, int]
+
+
+class CacheBudgetError(MemoryError):
+    """Raised before storing would take a cache past its ``max_bytes``."""
+
+
+class DenoisingCache:
+    """Activations keyed by (name, step, block); stored on ``device`` as ``dtype`` (None = as computed)."""
+
+    def __init__(
+        self,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        max_bytes: int | None = None,
+        positions: tuple[int, ...] | None = None,
+    ):
+        self.device = torch.device(device) if device is not None else None
+        self.dtype = dtype
+        self.max_bytes = max_bytes
+        self.positions = positions
+        self._store: dict[Key, torch.Tensor] = {}
+        self._nbytes = 0
+
+    # ------------------------------------------------------------------ writing
+    def check_budget(self, nbytes: int, what: str = "this cache") -> None:
+        if self.max_bytes is not None and nbytes > self.max_bytes:
+            raise CacheBudgetError(
+                f"{what} needs {_human(nbytes)}, over max_bytes={_human(self.max_bytes)}: record fewer hooks, "
+                "steps, blocks or positions, store a smaller dtype, or raise max_bytes"
+            )
+
+    def add(self, name: str, step: int | None, block: int, tensor: torch.Tensor) -> None:
+        """Store one activation (a detached copy, moved and cast as configured)."""
+        nbytes = tensor.numel() * (
+            tensor.element_size()
+            if self.dtype is None or not tensor.is_floating_point()
+            else torch.empty((), dtype=self.dtype).element_size()
+        )
+        self.check_budget(self._nbytes + nbytes, what=f"storing '{name}' at step {step}, block {block}")
+        dtype = self.dtype if self.dtype is not None and tensor.is_floating_point() else None
+        stored = tensor.detach().to(device=self.device, dtype=dtype, copy=True)
+        key = (name, step, block)
+        if key in self._store:
+            self._nbytes -= self._store[key].numel() * self._store[key].element_size()
+        self._store[key] = stored
+        self._nbytes += stored.numel() * stored.element_size()
+
+    # ------------------------------------------------------------------ reading
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def __contains__(self, key: Any) -> bool:
+        try:
+            return self._normalise(key) in self._store
+        except (KeyError, TypeError):
+            return False
+
+    def keys(self) -> list[Key]:
+        return list(self._store)
+
+    def items(self):
+        return self._store.items()
+
+    @property
+    def names(self) -> list[str]:
+        return list(dict.fromkeys(name for name, _, _ in self._store))
+
+    @property
+    def nbytes(self) -> int:
+        return self._nbytes
+
+    def steps(self, name: str, block: int = 0) -> list[int]:
+        """Recorded steps of ``name`` in ``block``, in order."""
+        self._check_name(name)
+        return sorted(step for n, step, b in self._store if n == name and b == block and step is not None)
+
+    def blocks(self, name: str) -> list[int]:
+        self._check_name(name)
+        return sorted({b for n, _, b in self._store if n == name})
+
+    def _check_name(self, name: str) -> None:
+        if name not in self.names:
+            import difflib
+
+            close = difflib.get_close_matches(name, self.names, n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise KeyError(f"'{name}' is not in this cache{hint} (it holds {len(self.names)} hook names)")
+
+    def _normalise(self, key: Any) -> Key:
+        if isinstance(key, str):
+            name, step, block = key, None, 0
+            if not name.startswith("encoder."):
+                raise KeyError(
+                    f"decoder hook '{name}' has one activation per step: index cache['{name}', step] "
+                    f"(or cache['{name}', step, block]), or use cache.stack('{name}')"
+                )
+        elif isinstance(key, tuple) and len(key) in (2, 3):
+            name, step = key[0], key[1]
+            block = key[2] if len(key) == 3 else 0
+        else:
+            raise TypeError(f"index a cache with name, (name, step) or (name, step, block); got {key!r}")
+        return name, step, block
+
+    def get(self, name: str, step: int | None = None, block: int = 0) -> torch.Tensor:
+        key = (name, step, block)
+        if key in self._store:
+            return self._store[key]
+        self._check_name(name)
+        blocks = self.blocks(name)
+        if block not in blocks:
+            raise KeyError(f"block {block} of '{name}' was not recorded; recorded blocks: {_ranges(blocks)}")
+        steps = self.steps(name, block)
+        if step is None:
+            raise KeyError(
+                f"'{name}' is a decoder hook: give a step (recorded steps of block {block}: {_ranges(steps)})"
+            )
+        if name.startswith("encoder."):
+            raise KeyError(f"'{name}' is an encoder hook: it has no steps; use cache.get('{name}', block={block})")
+        raise KeyError(
+            f"step {step} of '{name}' in block {block} was not recorded; recorded steps: {_ranges(steps)}"
+            f" (valid range 0..{max(steps) if steps else -1})"
+        )
+
+    def __getitem__(self, key: Any) -> torch.Tensor:
+        return self.get(*self._normalise(key))
+
+    def stack(self, name: str, block: int = 0) -> torch.Tensor:
+        """Every recorded step of ``name`` in ``block``: ``[steps, *activation_shape]``."""
+        steps = self.steps(name, block)
+        if not steps:
+            if name.startswith("encoder."):
+                raise KeyError(f"'{name}' is an encoder hook with one activation per block; use cache.get")
+            raise KeyError(f"no steps of '{name}' were recorded in block {block}")
+        return torch.stack([self._store[(name, step, block)] for step in steps])
+
+    def filter(
+        self,
+        names: Iterable[str] | Callable[[str], bool] | None = None,
+        steps: Iterable[int] | None = None,
+        blocks: Iterable[int] | None = None,
+    ) -> DenoisingCache:
+        """A new cache with the selected entries (sharing the tensors)."""
+        keep_name = names if callable(names) else (lambda n, s=set(names): n in s) if names is not None else None
+        step_set = set(steps) if steps is not None else None
+        block_set = set(blocks) if blocks is not None else None
+        result = DenoisingCache(self.device, self.dtype, None, self.positions)
+        for (name, step, block), tensor in self._store.items():
+            if keep_name is not None and not keep_name(name):
+                continue
+            if step_set is not None and step not in step_set:
+                continue
+            if block_set is not None and block not in block_set:
+                continue
+            result._store[(name, step, block)] = tensor
+            result._nbytes += tensor.numel() * tensor.element_size()
+        return result
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> DenoisingCache:
+        result = DenoisingCache(device or self.device, dtype or self.dtype, None, self.positions)
+        for (name, step, block), tensor in self._store.items():
+            result.add(name, step, block, tensor)
+        return result
+
+    def __repr__(self) -> str:
+        return f"DenoisingCache({len(self.names)} hooks, {len(self)} entries, {_human(self.nbytes)})"
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Write to one safetensors file with JSON metadata (atomic)."""
+        tensors, entries = {}, []
+        for index, ((name, step, block), tensor) in enumerate(self._store.items()):
+            tensors[f"t{index}"] = tensor
+            entries.append([name, step, block])
+        meta = {"entries": entries, "positions": list(self.positions) if self.positions is not None else None}
+        return save_records(path, KIND, tensors, meta)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device | None = None) -> DenoisingCache:
+        tensors, meta = load_records(path, KIND)
+        positions = meta.get("positions")
+        cache = cls(device=device, positions=tuple(positions) if positions is not None else None)
+        try:
+            for index, (name, step, block) in enumerate(meta["entries"]):
+                cache.add(name, step, block, tensors[f"t{index}"])
+        except KeyError as err:
+            raise ValueError(f"{path} is missing cache entry {err}; the file is incomplete or mismatched") from err
+        return cache
+
+
+def caching_hooks(cache: DenoisingCache, names: list[str], positions: tuple[int, ...] | None) -> list[tuple]:
+    """Forward hooks that store each activation into ``cache`` under (name, step, block)."""
+    cache.positions = positions
+    index_cache: dict[torch.device, torch.Tensor] = {}
+
+    def save(tensor: torch.Tensor, hook) -> None:
+        stored = tensor
+        if positions is not None and hook.stack == "decoder":
+            dim = hook.pos_dim if hook.pos_dim is not None else 1
+            if tensor.device not in index_cache:
+                index_cache[tensor.device] = torch.tensor(positions, device=tensor.device)
+            stored = tensor.index_select(dim, index_cache[tensor.device])
+        cache.add(hook.name, hook.step, hook.block, stored)
+
+    return [(name, save) for name in names]
+
+
+def _human(nbytes: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if nbytes < 1024 or unit == "TiB":
+            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{nbytes} B"
+        nbytes /= 1024
+    return f"{nbytes} B"
+
+
+def _ranges(values: list[int]) -> str:
+    if not values:
+        return "none"
+    if values == list(range(values[0], values[-1] + 1)):
+        return f"{values[0]}..{values[-1]}"
+    return ", ".join(map(str, values))

@@ -1,0 +1,117 @@
+"""Batched, seeded runs of a prompt set, scored against reference answers.
+
+for batch in run_prompt_set(hm, ps, names_filter="decoder.blocks.*.hook_resid_post"):
+    batch.trajectory, batch.cache, batch.correct   # one batched run per chunk of rows
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from diffinterp.core.sampler import generation_kwargs
+from diffinterp.organisms.tasks import normalize
+from diffinterp.records.cache import DenoisingCache
+from diffinterp.records.decoding import decode_output
+from diffinterp.records.trajectory import Trajectory
+from diffinterp.studies.prompts import PromptSet, uses_toy_tokenizer
+
+DEFAULT_BATCH_SIZE = 64
+
+
+def model_info(hm) -> dict[str, Any]:
+    """What a metrics file should say about the model: its source, size and sampler settings."""
+    text = hm.config.text_config
+    gen = hm.model.generation_config
+    return {
+        "name_or_path": str(getattr(hm.config, "_name_or_path", "") or "in-memory model"),
+        "toy_tokenizer": uses_toy_tokenizer(hm),
+        "num_layers": int(text.num_hidden_layers),
+        "vocab_size": int(text.vocab_size),
+        "canvas_length": int(hm.config.canvas_length),
+        "parameters": sum(p.numel() for p in hm.model.parameters()),
+        "max_denoising_steps": gen.max_denoising_steps,
+    }
+
+
+@dataclass
+class StudyBatch:
+    """One batched run of a chunk of a prompt set.
+
+    ``rows``: indices into the prompt set; ``prompts``: the chunk itself; ``trajectory`` (and
+    ``cache`` when names were requested) of the run; ``predictions``: decoded outputs;
+    ``correct``: ``BoolTensor [batch]`` exact match against ``prompts.answers`` (``None`` when
+    answers are unknown); ``seed``: the global seed set before the run (reruns reproduce it).
+    """
+
+    rows: list[int]
+    prompts: PromptSet
+    trajectory: Trajectory
+    cache: DenoisingCache | None
+    predictions: list[str]
+    correct: torch.Tensor | None
+    seed: int
+
+
+def score_predictions(hm, predictions: list[str], answers: list[str] | None) -> torch.Tensor | None:
+    """Exact match of decoded ``predictions`` against reference ``answers``: ``BoolTensor [n]``, or
+    ``None`` without answers (toy tokenizer: the toy tasks' normalisation; otherwise token lists)."""
+    if answers is None:
+        return None
+    if uses_toy_tokenizer(hm):
+        return torch.tensor([normalize(p) == normalize(a) for p, a in zip(predictions, answers, strict=True)])
+    return torch.tensor([p.split() == a.split() for p, a in zip(predictions, answers, strict=True)])
+
+
+def run_prompt_set(
+    hm,
+    prompts: PromptSet,
+    *,
+    names_filter=None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    seed: int = 0,
+    **gen_kwargs: Any,
+) -> Iterator[StudyBatch]:
+    """Run ``prompts`` in chunks of ``batch_size``; yield a :class:`StudyBatch` per chunk.
+
+    Chunk ``i`` starting at row ``r`` runs after ``torch.manual_seed(seed + r)`` (the same seeding
+    as ``diffinterp eval``, so accuracies agree). With ``names_filter`` the run caches those hooks
+    (``run_with_cache``; ``steps=``, ``positions=`` … pass through ``gen_kwargs``); otherwise it is
+    a plain ``generate``. ``gen_kwargs`` are generation arguments (``bottleneck=``,
+    ``record_logits=`` …); a checkpoint that sets no ``max_new_tokens`` generates one canvas.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if hm.model.generation_config.max_new_tokens is None and "max_length" not in gen_kwargs:
+        gen_kwargs.setdefault("max_new_tokens", hm.config.canvas_length)  # one canvas unless told
+    for start in range(0, len(prompts), batch_size):
+        rows = list(range(start, min(start + batch_size, len(prompts))))
+        chunk = prompts.subset(rows)
+        torch.manual_seed(seed + start)
+        if names_filter is not None:
+            trajectory, cache = hm.run_with_cache(
+                chunk.input_ids, names_filter, attention_mask=chunk.attention_mask, **gen_kwargs
+            )
+        else:
+            trajectory, cache = hm.generate(chunk.input_ids, attention_mask=chunk.attention_mask, **gen_kwargs), None
+        new = trajectory.sequences[:, trajectory.prompt_len :]
+        predictions = [decode_output(hm, row) for row in new]
+        yield StudyBatch(
+            rows, chunk, trajectory, cache, predictions, score_predictions(hm, predictions, chunk.answers), seed + start
+        )
+
+
+def rerun_kwargs(batch: StudyBatch) -> dict[str, Any]:
+    """Arguments that re-run ``batch`` with the same random draws (for interventions): pass them
+    with the intervention to ``hm.generate`` / ``hm.run_with_hooks``."""
+
+    trajectory = batch.trajectory
+    return {
+        "attention_mask": trajectory.attention_mask,
+        "replay": trajectory,
+        "bottleneck": trajectory.bottleneck,
+        **generation_kwargs(trajectory),
+    }
