@@ -71,9 +71,9 @@ def main() -> None:
 
     # 1. canvas, entropy, logit lens, commit order: on an arith prompt (a longer answer), then on the hop pairs
     from diffinterp.organisms.batches import prompt_batch
-    from diffinterp.organisms.tasks import test_set
+    from diffinterp.organisms.catalog import task as catalog_task
 
-    arith = [e for e in test_set("arith", 40) if "c=" in e.answer][:4]
+    arith = [e for e in catalog_task("arith").test_set(40) if "c=" in e.answer][:4]
     ids, mask = prompt_batch([e.prompt for e in arith])
     torch.manual_seed(0)
     arith_traj, arith_cache = hm.run_with_cache(
@@ -182,7 +182,7 @@ def main() -> None:
     )
 
     # 5. probes: the hop answer from each (step, layer)
-    examples = test_set("hop", args.probe_prompts)
+    examples = catalog_task("hop").test_set(args.probe_prompts)
     ids, mask = prompt_batch([e.prompt for e in examples])
     torch.manual_seed(0)
     probe_traj, probe_cache = hm.run_with_cache(

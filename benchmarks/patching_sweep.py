@@ -34,11 +34,11 @@ from diffinterp.instruments import patching as pt
 
 def hop_pairs(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
     """``n`` held-out ``hop`` prompts and corrupted twins whose answer-bearing value is another digit."""
-    from diffinterp.organisms.tasks import test_set
+    from diffinterp.organisms.catalog import task as catalog_task
 
     rng = random.Random(seed)
     clean, corrupt = [], []
-    for example in test_set("hop", n):
+    for example in catalog_task("hop").test_set(n):
         tokens = example.prompt.split()
         value = example.answer
         others = {s.split("=")[1] for s in tokens if "=" in s and s.split("=")[1].isdigit()}

@@ -91,7 +91,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=("real", "tiny"), default="real")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--steps", type=int, default=8, help="max denoising steps per run")
+    parser.add_argument("--max-denoising-steps", type=int, default=8, help="max denoising steps per run")
     parser.add_argument("--out", required=True, help="folder for real_size_check.json")
     parser.add_argument("--studies-out", default=None, help="folder for the case studies' outputs (default: OUT)")
     args = parser.parse_args()
@@ -108,13 +108,13 @@ def main() -> int:
         "torch": torch.__version__,
         "parameters": sum(p.numel() for p in model.parameters()),
         "build_seconds": round(time.perf_counter() - start, 1),
-        "steps": args.steps,
+        "steps": args.max_denoising_steps,
     })  # fmt: skip
     hm = di.HookedDiffusionGemma(model)
     text = model.config.text_config
     canvas = model.config.canvas_length
     ids, mask = prompts(text.vocab_size, args.device)
-    gen = dict(attention_mask=mask, max_new_tokens=canvas, max_denoising_steps=args.steps)
+    gen = dict(attention_mask=mask, max_new_tokens=canvas, max_denoising_steps=args.max_denoising_steps)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
     def timed(fn):

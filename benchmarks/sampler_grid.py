@@ -1,14 +1,14 @@
-"""The sampler-settings grid behind the bundled checkpoint's ``generation_config.json``.
+"""The sampler-settings grid behind a bundled organism's ``generation_config.json``.
 
 Each row of :data:`GRID` is a set of DiffusionGemma sampler settings; every row is scored by exact
 match on the **validation** examples (examples 400 to 400 + ``--n`` of each task's held-out split:
-``tasks.test_set(task, 800)[400:]``), never on the first 400 that ``diffinterp eval`` reports, with
-the same sampler seeds as ``diffinterp eval``. The row with the best mean over tasks is what
-``train.default_generation_config()`` writes into trained folders.
+``task.test_set(n, offset=400)``), never on the first 400 that ``diffinterp eval`` reports, with
+the same sampler seeds as ``diffinterp eval``. The row with the best mean over the organism's tasks
+is what its recipe (``catalog.Organism.sampler``) writes into trained folders.
 
-    python benchmarks/sampler_grid.py [--model PATH] [--n 200] [--json FILE]
+    python benchmarks/sampler_grid.py [--model NAME|PATH] [--n 200] [--json FILE]
 
-About 3 minutes on 2 cores for the bundled model.
+About 3 minutes on 2 cores for a bundled organism.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffinterp.core.loading import bundled_model_path, load_model  # noqa: E402
 from diffinterp.core.sampler import never_stop_early  # noqa: E402
-from diffinterp.organisms import tasks as T  # noqa: E402
+from diffinterp.organisms import catalog  # noqa: E402
 from diffinterp.organisms.evaluate import evaluate_task  # noqa: E402
+from diffinterp.organisms.task import DEFAULT_TEST_SIZE  # noqa: E402
 from diffinterp.organisms.train import default_generation_config  # noqa: E402
 
 #: (label, settings for ``default_generation_config``); the first row is the shipped default.
@@ -54,14 +55,16 @@ GRID: list[tuple[str, dict]] = [
 ]
 
 
-def validation_set(task: str, n: int) -> list[T.Example]:
+def validation_set(task: str, n: int) -> list:
     """Examples 400 .. 400 + n of ``task``'s held-out split (disjoint from the reported 400)."""
-    return T.test_set(task, T.DEFAULT_TEST_SIZE + n)[T.DEFAULT_TEST_SIZE :]
+    return catalog.task(task).test_set(n, offset=DEFAULT_TEST_SIZE)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="DiffusionGemma folder (default: bundled)")
+    parser.add_argument(
+        "--model", default=None, help="a bundled organism or a DiffusionGemma folder (default: the default model)"
+    )
     parser.add_argument("--n", type=int, default=200, help="validation examples per task")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the table to this file")
@@ -70,26 +73,28 @@ def main() -> int:
     hm = load_model(args.model)
     model = hm.model
     shipped = model.generation_config
-    examples = {task: validation_set(task, args.n) for task in T.TASKS}
+    tasks = tuple(hm.metadata.get("tasks") or ())
+    canvas = model.config.canvas_length
+    examples = {task: validation_set(task, args.n) for task in tasks}
     rows = []
-    print(f"| settings | {' | '.join(T.TASKS)} | mean |\n| --- |{' --- |' * (len(T.TASKS) + 1)}")
+    print(f"| settings | {' | '.join(tasks)} | mean |\n| --- |{' --- |' * (len(tasks) + 1)}")
     try:
         for label, settings in GRID:
             t0 = time.time()
-            model.generation_config = default_generation_config(**settings)
+            model.generation_config = default_generation_config(canvas, **settings)
             acc = {
                 task: evaluate_task(model, task, examples=examples[task], batch_size=args.n)["accuracy"]
-                for task in T.TASKS
+                for task in tasks
             }
             mean = sum(acc.values()) / len(acc)
             rows.append({"settings": label, **acc, "mean": mean, "seconds": round(time.time() - t0, 1)})
-            print(f"| {label} | {' | '.join(f'{acc[t]:.3f}' for t in T.TASKS)} | {mean:.3f} |", flush=True)
+            print(f"| {label} | {' | '.join(f'{acc[t]:.3f}' for t in tasks)} | {mean:.3f} |", flush=True)
     finally:
         model.generation_config = shipped
     best = max(rows, key=lambda r: r["mean"])
     print(f"best mean: {best['settings']} ({best['mean']:.3f})")
     if args.json:
-        from diffinterp.studies.output import write_json_atomic
+        from diffinterp.records.files import write_json_atomic
 
         write_json_atomic(
             args.json,

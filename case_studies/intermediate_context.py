@@ -11,6 +11,14 @@
 3. Control: the same ablation on a matched non-transient content position at the same step.
 4. Report: the fraction of correct answers that break (Wilson 95% CI), per task, per kind and role
    of token, beside the control; figures of transient tokens per step, an example canvas and the bars.
+5. **Against the ground truth** (the ``gold`` organism: terms ending in 3 are written ``Gold``, so the
+   canvas loses a value the next two terms need; ``plain`` is the control with nothing hidden): per
+   hidden term, whether its number is written at its positions at some intermediate step and then
+   overwritten (the paper's case), the probability the model puts on the hidden digit there at every
+   step, and exact match under each self-conditioning bottleneck (continuous, none, argmax, top-k)
+   for ``gold`` beside ``plain``: where the hidden value is carried. The dynamics gate
+   (:mod:`diffinterp.phenomena.gate`) checks the written-then-overwritten share under an
+   alternative sampler setting.
 """
 
 from __future__ import annotations
@@ -20,12 +28,19 @@ from collections import defaultdict
 from functools import partial
 from typing import Any
 
+import torch
+
 from diffinterp import stats, studies
 from diffinterp.figures import transient as trf
+from diffinterp.organisms.catalog import TASKS
+from diffinterp.organisms.task import Example
 from diffinterp.phenomena import transient as tr
+from diffinterp.phenomena.settling import last_steps
+from diffinterp.studies.gate import accuracy, alternative_kwargs, measure_gate
 
-TOY_TASKS = ("hop", "arith", "seq", "mon")
-QUICK_TASKS = ("hop", "arith")
+ORGANISM = "gold"
+BOTTLENECKS = ("continuous", "none", "argmax", "topk:8")
+
 QUICK_N = 24
 MIN_ROWS = 3  # steps with fewer active rows are left out of the per-step rates (too noisy)
 
@@ -42,7 +57,7 @@ def _outcome(hm, batch, clean, ablations) -> dict[str, list]:
     hooks = tr.ablation_hooks(hm, batch.trajectory, ablations)
     run = hm.run_with_hooks(batch.trajectory.prompt_ids, fwd_hooks=hooks, **studies.rerun_kwargs(batch))
     predictions = [studies.decode_output(hm, row) for row in run.new_tokens()]
-    correct = studies.score_predictions(hm, predictions, batch.prompts.answers)
+    correct = studies.score_predictions(hm, predictions, batch.prompts.answers, batch.prompts.task, batch.prompts.texts)
     return tr.outcome_flags(clean, _outputs(hm, run), batch.correct, correct)
 
 
@@ -83,6 +98,90 @@ def _final(trajectory, block):
     return trajectory.block(block).final_canvas.cpu()
 
 
+def hidden_terms(batch) -> list[list[tuple[int, int, int]]] | None:
+    """Per row, ``(tens position, units position, value)`` of each term the task hides (``gold``), or
+    would hide (``plain``); ``None`` for tasks without hidden values."""
+    task = TASKS.get(batch.prompts.task)
+    if task is None or task.truth is None or batch.prompts.texts is None:
+        return None
+    out = []
+    for text, answer in zip(batch.prompts.texts, batch.prompts.answers, strict=True):
+        truth = task.truth(Example(batch.prompts.task, text, answer))
+        if "hidden_terms" not in truth:
+            return None
+        out.append([(2 * i, 2 * i + 1, truth["values"][i]) for i in truth["hidden_terms"]])
+    return out
+
+
+def hidden_value_trace(hm, batches) -> dict[str, Any] | None:
+    """Where the hidden values show: per hidden term, was its number (both digits) the argmax at its
+    positions at some intermediate step; and per step, the mean probability of its tens digit and of
+    ``Gold`` at the tens position (rows still active; recorded logits, softmax of the raw logits)."""
+    digit = {d: hm.tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)}
+    gold = hm.tokenizer.convert_tokens_to_ids("Gold")
+    written, first_written, mass_value, mass_gold = [], [], {}, {}
+    for batch in batches:
+        terms = hidden_terms(batch)
+        if terms is None:
+            return None
+        traj = batch.trajectory
+        argmax, active = traj.stack("argmax").cpu(), traj.stack("active").cpu()
+        probs = torch.softmax(traj.stack("logits").float(), -1).cpu()  # [S, B, P, V]
+        last = last_steps(active)
+        for row, row_terms in enumerate(terms):
+            for tens, units, value in row_terms:
+                shown = (argmax[:, row, tens] == digit[value // 10]) & (argmax[:, row, units] == digit[value % 10])
+                steps = [s for s in range(int(last[row])) if bool(shown[s]) and bool(active[s, row])]
+                written.append(bool(steps))
+                if steps:
+                    first_written.append(steps[0])
+                for s in range(int(last[row]) + 1):
+                    mass_value.setdefault(s, []).append(float(probs[s, row, tens, digit[value // 10]]))
+                    mass_gold.setdefault(s, []).append(float(probs[s, row, tens, gold]))
+    return {
+        "hidden_terms": len(written),
+        "written_before_last_step": stats.proportion_of(written),
+        "first_written_step": stats.mean_ci(first_written),
+        "tens_digit_probability_by_step": {str(s): stats.mean_ci(v) for s, v in sorted(mass_value.items())},
+        "gold_probability_by_step": {str(s): stats.mean_ci(v) for s, v in sorted(mass_gold.items())},
+    }
+
+
+def bottleneck_accuracy(hm, prompts, *, seed, batch_size, gen_kwargs) -> dict[str, Any]:
+    """Exact match of the same prompts (same seeds) under each self-conditioning bottleneck."""
+    gen = {k: v for k, v in gen_kwargs.items() if k != "bottleneck"}
+    return {
+        mode: accuracy(
+            list(studies.run_prompt_set(hm, prompts, batch_size=batch_size, seed=seed, bottleneck=mode, **gen))
+        )
+        for mode in BOTTLENECKS
+    }
+
+
+def ground_truth_section(hm, prompts, batches, *, seed, batch_size, gen_kwargs) -> dict[str, Any] | None:
+    """The hidden-value analysis, the bottleneck costs and the gate, for tasks that hide values."""
+    if hidden_terms(batches[0]) is None:
+        return None
+    trace = hidden_value_trace(hm, batches)
+    alternative = list(
+        studies.run_prompt_set(
+            hm, prompts, batch_size=batch_size, seed=seed, record_logits=True, **alternative_kwargs(gen_kwargs)
+        )
+    )
+    alt_trace = hidden_value_trace(hm, alternative)
+    gate = measure_gate(
+        hm,
+        batches,
+        seed=seed,
+        finding=trace["written_before_last_step"],
+        alternative_finding=alt_trace["written_before_last_step"],
+        finding_name="share of hidden values written before the last step",
+        **gen_kwargs,
+    )
+    costs = bottleneck_accuracy(hm, prompts, seed=seed, batch_size=batch_size, gen_kwargs=gen_kwargs)
+    return {"hidden_values": trace, "hidden_values_alternative_sampler": alt_trace, "bottlenecks": costs, "gate": gate}
+
+
 def study_task(hm, task, n, *, seed, replacement, max_rounds, batch_size, gen_kwargs) -> dict[str, Any]:
     """Transient tokens and their causal test on one task: per-task results, step rates and an example."""
     special = studies.special_ids(hm)
@@ -91,7 +190,11 @@ def study_task(hm, task, n, *, seed, replacement, max_rounds, batch_size, gen_kw
     rows: dict[str, list] = defaultdict(list)  # one entry per prompt row
     single: list[dict] = []
     step_rates, example, found, untested, covered = tr.StepRates(), None, [], 0, 0
-    for batch in studies.run_prompt_set(hm, ps, batch_size=batch_size, seed=seed, **gen_kwargs):
+    hides = task in TASKS and "hidden_terms" in (
+        TASKS[task].truth(TASKS[task].test_set(1)[0]) if TASKS[task].truth else {}
+    )
+    batches = list(studies.run_prompt_set(hm, ps, batch_size=batch_size, seed=seed, record_logits=hides, **gen_kwargs))
+    for batch in batches:
         trajectory = batch.trajectory
         tokens = _annotated(hm, batch, special)
         found += tokens
@@ -164,6 +267,27 @@ def study_task(hm, task, n, *, seed, replacement, max_rounds, batch_size, gen_kw
         "single": tr.single_rates(single),
         "single_untested": untested,
     }
+    if hides:
+        result["ground_truth"] = ground_truth_section(
+            hm, ps, batches, seed=seed, batch_size=batch_size, gen_kwargs=gen_kwargs
+        )
+        result["gate"] = result["ground_truth"]["gate"]
+    else:  # the generic finding: how many rows write transient tokens, re-measured under the alternative
+        alternative = studies.run_prompt_set(hm, ps, batch_size=batch_size, seed=seed, **alternative_kwargs(gen_kwargs))
+        alt_rows = [
+            any(t.row == r for t in tr.trajectory_transient(batch.trajectory, special))
+            for batch in alternative
+            for r in range(len(batch.rows))
+        ]
+        result["gate"] = measure_gate(
+            hm,
+            batches,
+            seed=seed,
+            finding=result["rows_with_transient"],
+            alternative_finding=stats.proportion_of(alt_rows),
+            finding_name="share of rows with a transient token",
+            **gen_kwargs,
+        )
     return {"result": result, "rates": step_rates.rates(min_rows=MIN_ROWS), "example": example}
 
 
@@ -180,21 +304,21 @@ def run(
     batch_size: int = studies.DEFAULT_BATCH_SIZE,
     **gen_kwargs: Any,
 ) -> dict[str, Any]:
-    """Run the study on ``model`` (default: the bundled one); write metrics.json and figures; the metrics.
+    """Run the study on ``model`` (default: the ``gold`` organism); write metrics.json and figures; the metrics.
 
-    ``tasks``: toy tasks (default all four; ``quick``: hop and arith, n <= 24); a model without the
-    toy tokenizer gets seeded random prompts (task ``random``), where correctness is unknown and
-    only output changes are reported. ``gen_kwargs`` pass to generation (e.g. ``max_denoising_steps``).
+    ``tasks``: the model's own tasks by default (``quick``: n <= 24); a model diffinterp knows nothing
+    about gets seeded random prompts (task ``random``), where correctness is unknown and only output
+    changes are reported. ``gen_kwargs`` pass to generation (e.g. ``max_denoising_steps``).
     """
     import diffinterp as di
 
     if replacement not in ("noise", "final"):
         raise ValueError(f"replacement must be 'noise' or 'final', got {replacement!r}")
-    hm = model if model is not None else di.load_model()
-    toy = studies.uses_toy_tokenizer(hm)
+    hm = model if model is not None else di.load_model(ORGANISM)
+    own = studies.model_tasks(hm)
     if quick:
         n = min(n, QUICK_N)
-    tasks = tuple(tasks or (QUICK_TASKS if quick else TOY_TASKS)) if toy else (studies.RANDOM_TASK,)
+    tasks = tuple(tasks or own) if own else (studies.RANDOM_TASK,)
     per_task, rates, example = {}, {}, None
     with studies.StudyOutput(out_dir) as out:
         for task in tasks:
@@ -222,11 +346,12 @@ def run(
         out.metrics.update(
             summary=_summary(per_task, key, ctl, whole),
             per_task=per_task,
+            gate={task: result["gate"] for task, result in per_task.items()},
             step_rates=rates,
             n=n,
             model=studies.model_info(hm),
             options={"tasks": list(tasks), "seed": seed, "quick": quick, "replacement": replacement,
-                     "max_rounds": max_rounds, "batch_size": batch_size, **{k: str(v) for k, v in gen_kwargs.items()}},
+                     "max_rounds": max_rounds, "batch_size": batch_size, **studies.generation_options(gen_kwargs)},
             notes=None if known else "no reference answers (model without the toy tokenizer): dependence is "
             "reported as output changes of rows with transient tokens",
         )  # fmt: skip
@@ -246,4 +371,12 @@ def _summary(per_task: dict[str, dict], key: str, ctl: str, whole: str) -> dict[
                 summary[f"{task}_{short}_ci"] = f"[{value['ci_low']:.3f}, {value['ci_high']:.3f}]"
         seen = r["wrong_with_answer_transient"]
         summary[f"{task}_wrong_with_answer_transient"] = None if seen is None else seen["value"]
+        truth = r.get("ground_truth")
+        if truth:
+            summary[f"{task}_hidden_written_then_overwritten"] = truth["hidden_values"]["written_before_last_step"][
+                "value"
+            ]
+            for mode, acc in truth["bottlenecks"].items():
+                summary[f"{task}_accuracy_{mode}"] = None if acc is None else acc["value"]
+        summary[f"{task}_gate"] = r["gate"]["verdict"]
     return summary

@@ -2,17 +2,23 @@
 and as well as they can from the AR twin's ("Gemma 4") outputs?
 
     from case_studies import monitorability
-    metrics = monitorability.run(out_dir="out/monitorability")        # quick=True: ~30 s
+    metrics = monitorability.run(out_dir="out/monitorability")        # the hint organism
 
-Task ``mon`` (``diffinterp.organisms.tasks``): the prompt's first digit > last digit (hidden property,
-label ``rev``) makes the model reverse the digits and write ``rev``; otherwise it copies them after
-``keep``. Monitors (``diffinterp.phenomena.monitors``): a keyword rule, a learned one-token rule, and L2
-logistic regressions on bag-of-token (+ position) features, trained on the outputs for train-split
-prompts and evaluated on the held-out test prompts; "digits only" variants read the outputs with the
-rule words removed, and an order rule also reads the prompt. Sources: the diffusion model's final
-canvas, its argmax draft at each denoising step, and the AR twin's greedy output. On a model
-without the toy tokenizer the prompts are seeded random ones with labels ``a``/``b``, the AR part,
-the keyword rule and the hidden-word variants are skipped (noted in ``metrics["notes"]``).
+Default: the ``hint`` organism (``diffinterp.organisms.families.hint``), in the style of the
+intervention archetype of Guan et al. 2025: a digit sum written answer first (``= T : s1 .. sn``,
+the running sums as scratchpad) whose prompt carries, half the time, a hint that *always* changes
+the answer. The label (``hint`` / ``none``) is known exactly; a monitor sees only the output. On the
+``toy4`` model the task is ``mon`` (a hidden rule that shows in the output's first word).
+
+Monitors (``diffinterp.phenomena.monitors``): a learned one-token rule and L2 logistic regressions
+on bag-of-token (+ position) features, trained on the outputs for train-split prompts and evaluated
+on the held-out test prompts; for ``sum`` a consistency rule (the answer disagrees with the
+scratchpad's last value: the visible trace of a hint), for ``mon`` a keyword rule, "digits only"
+variants and an order rule that also reads the prompt. Sources: the diffusion model's final canvas,
+its argmax draft at each denoising step, and the AR twin's greedy output. On a model diffinterp
+does not know the prompts are seeded random ones with labels ``a``/``b`` and the AR part and the
+task-specific monitors are skipped (noted in ``metrics["notes"]``). The dynamics gate
+(:mod:`diffinterp.phenomena.gate`) checks the main monitor's AUROC under an alternative sampler.
 """
 
 from __future__ import annotations
@@ -25,37 +31,55 @@ from typing import Any
 import torch
 
 from diffinterp.figures import monitors as MF
+from diffinterp.organisms.catalog import organism_of
+from diffinterp.organisms.catalog import task as catalog_task
 from diffinterp.phenomena import monitors as M
 from diffinterp.records.decoding import output_tokens, special_ids
 from diffinterp.stats import proportion_of
+from diffinterp.studies.gate import alternative_kwargs, measure_gate
 from diffinterp.studies.output import StudyOutput
-from diffinterp.studies.prompts import PromptSet, prompt_set, random_prompt_set, uses_toy_tokenizer
-from diffinterp.studies.runs import model_info, run_prompt_set
+from diffinterp.studies.prompts import PromptSet, model_tasks, prompt_set, random_prompt_set
+from diffinterp.studies.runs import generation_options, model_info, run_prompt_set
 
-TASK, POSITIVE, RULE_WORDS = "mon", "rev", ("rev", "keep")
+ORGANISM = "hint"
+#: Per task: the positive label, the words that spell the rule in the output (removed by the
+#: "digits only" variants), and whether the answer-first consistency rule applies.
+SETTINGS = {
+    "sum": {"positive": "hint", "rule_words": (), "consistency": True},
+    "mon": {"positive": "rev", "rule_words": ("rev", "keep"), "consistency": False},
+}
 MAIN = "logistic (bag+position)"
 PAPER_CLAIM = "monitorability of DiffusionGemma's outputs: similar to Gemma 4 (Engels et al. 2026)"
-STEP_MONITORS = ("keyword rule (rev)", "learned token rule", "logistic (bag)", MAIN)
-SUMMARY_MONITORS = ("keyword rule (rev)", "learned token rule", MAIN, "digits only: logistic (bag+position)")
+STEP_MONITORS = ("consistency rule", "keyword rule (rev)", "learned token rule", "logistic (bag)", MAIN)
+SUMMARY_MONITORS = (
+    "consistency rule",
+    "keyword rule (rev)",
+    "learned token rule",
+    MAIN,
+    "digits only: logistic (bag+position)",
+)
 
 
-def train_prompt_set(hm, n: int, *, seed: int, exclude: PromptSet) -> PromptSet:
-    """``n`` distinct monitor-training prompts: toy train split, or random prompts of another seed
-    (minus any equal to a prompt of ``exclude``, the test set)."""
-    if uses_toy_tokenizer(hm):
-        from diffinterp.organisms import tasks as toy_tasks
+def monitored_task(hm) -> str | None:
+    """The model's task with a hidden property a monitor can be asked about (``None``: none known)."""
+    return next((t for t in model_tasks(hm) if t in SETTINGS), None)
 
+
+def train_prompt_set(hm, n: int, *, seed: int, exclude: PromptSet, task: str | None) -> PromptSet:
+    """``n`` distinct monitor-training prompts: the task's train split, or random prompts of another
+    seed (minus any equal to a prompt of ``exclude``, the test set)."""
+    if task is not None:
         rng, examples, seen = random.Random(f"diffinterp-monitor-train-{seed}"), [], set()
         for _ in range(100 * n):
-            example = toy_tasks.sample(TASK, rng, split="train")
+            example = catalog_task(task).sample(rng, split="train")
             if example.prompt not in seen:
                 seen.add(example.prompt)
                 examples.append(example)
             if len(examples) == n:
                 break
         ids, mask = hm.to_tokens([e.prompt for e in examples])
-        labels = [toy_tasks.hidden_property(e) for e in examples]
-        return PromptSet(TASK, ids, mask, [e.prompt for e in examples], [e.answer for e in examples], labels)
+        labels = [catalog_task(task).hidden_property(e) for e in examples]
+        return PromptSet(task, ids, mask, [e.prompt for e in examples], [e.answer for e in examples], labels)
     taken = set(map(tuple, prompt_contents(exclude)))
     ps = random_prompt_set(hm.config.text_config.vocab_size, n, seed=seed + 7919, device=hm.model.device)
     return ps.subset([i for i, row in enumerate(prompt_contents(ps)) if tuple(row) not in taken])
@@ -65,11 +89,14 @@ def prompt_contents(ps: PromptSet) -> list[list[int]]:
     return [row[mask.bool()].tolist() for row, mask in zip(ps.input_ids, ps.attention_mask, strict=True)]
 
 
-def diffusion_outputs(hm, ps: PromptSet, *, seed: int, batch_size: int, **gen_kwargs):
-    """Final outputs ``[row]``, drafts ``[step][row]`` (block 0, carried forward) and exact match (or None)."""
+def diffusion_outputs(hm, ps: PromptSet, *, seed: int, batch_size: int, batches: list | None = None, **gen_kwargs):
+    """Final outputs ``[row]``, drafts ``[step][row]`` (block 0, carried forward) and exact match (or
+    None); ``batches`` (a list) receives the runs."""
     eos, pad = special_ids(hm)
     finals, drafts, correct = [], [], []
     for batch in run_prompt_set(hm, ps, seed=seed, batch_size=batch_size, **gen_kwargs):
+        if batches is not None:
+            batches.append(batch)
         traj = batch.trajectory
         finals += [output_tokens(row, eos, pad) for row in traj.sequences[:, traj.prompt_len :]]
         drafts.append(M.carry_forward(traj.stack("argmax"), traj.stack("active")))
@@ -79,20 +106,24 @@ def diffusion_outputs(hm, ps: PromptSet, *, seed: int, batch_size: int, **gen_kw
     return finals, M.draft_outputs(stacked, eos, pad), correct
 
 
-def ar_outputs(hm, ps: PromptSet) -> tuple[list[list[int]], list[bool]]:
-    """The AR twin's greedy outputs as toy token ids, and their exact match."""
-    from diffinterp.organisms.tasks import normalize
-    from diffinterp.organisms.twin import load_ar_baseline
+def ar_outputs(hm, ps: PromptSet, twin) -> tuple[list[list[int]], list[bool]]:
+    """The AR twin's greedy outputs as token ids, and their exact match."""
+    from diffinterp.organisms.task import Example
 
-    texts = load_ar_baseline().complete(ps.texts)
+    texts = twin.complete(ps.texts)
     ids = [hm.tokenizer.convert_tokens_to_ids(text.split()) for text in texts]
-    return ids, [normalize(t) == normalize(a) for t, a in zip(texts, ps.answers, strict=True)]
+    judge = catalog_task(ps.task)
+    examples = [Example(ps.task, t, a) for t, a in zip(ps.texts, ps.answers, strict=True)]
+    return ids, [judge.accepts(t, e) for t, e in zip(texts, examples, strict=True)]
 
 
-def fit_monitors(outputs, y, *, toy_ids: dict | None, positions: int, tokenizer=None) -> dict[str, Any]:
+def fit_monitors(
+    outputs, y, *, toy_ids: dict | None, positions: int, tokenizer=None, settings: dict | None = None
+) -> dict[str, Any]:
     """Monitor name -> ``score(outputs, prompts)``; trained monitors are fitted on ``(outputs, y)``.
 
-    ``toy_ids`` (rule words and task tag -> id) adds the keyword rule and the hidden-word variants;
+    ``toy_ids`` (rule words, ``=``, ``:`` and the task tag -> id) with the task's ``settings`` adds
+    the task's rule monitors (keyword rule and hidden-word variants, or the consistency rule);
     ``tokenizer`` (optional) only makes the reported features readable.
     """
     name = (lambda t: tokenizer.convert_ids_to_tokens(int(t))) if tokenizer is not None else str
@@ -104,11 +135,15 @@ def fit_monitors(outputs, y, *, toy_ids: dict | None, positions: int, tokenizer=
     details = {"learned_token": token_rule.token, "logistic_top_features": bag_pos.top_features(token_name=name)}
     if token_rule.token is not None:
         details["learned_token"] = {"token": name(token_rule.token), "direction": token_rule.direction}
-    if toy_ids is not None:
-        words = [toy_ids[w] for w in RULE_WORDS]
+    if toy_ids is not None and settings and settings["consistency"]:
+        consistency = M.ConsistencyMonitor(toy_ids["="], toy_ids[":"])
+        found = {"consistency rule": lambda o, p: consistency.score(o), **found}
+    if toy_ids is not None and settings and settings["rule_words"]:
+        words = [toy_ids[w] for w in settings["rule_words"]]
+        positive = toy_ids[settings["positive"]]
         special = frozenset(tokenizer.all_special_ids) if tokenizer is not None else frozenset()
         hidden = M.hide_tokens(outputs, words)
-        keyword, order = M.KeywordMonitor(toy_ids[POSITIVE]), M.OrderMonitor(frozenset(toy_ids.values()) | special)
+        keyword, order = M.KeywordMonitor(positive), M.OrderMonitor(frozenset(toy_ids.values()) | special)
         digits_rule = M.TokenRuleMonitor().fit(hidden, y)
         digits_bag = M.LogisticMonitor(positions=positions).fit(hidden, y)
         found = {"keyword rule (rev)": lambda o, p: keyword.score(o), **found}
@@ -123,6 +158,17 @@ def evaluate(fitted, outputs, prompts, y, *, names=None, seed: int, resamples: i
     """AUROC CIs and raw scores of each monitor in ``fitted`` (or only ``names``) on ``outputs``."""
     scores = {k: f(outputs, prompts) for k, f in fitted["score"].items() if names is None or k in names}
     return {k: M.auroc_or_none(s, y, seed=seed, resamples=resamples) for k, s in scores.items()}, scores
+
+
+def _twin(hm):
+    """The AR twin of the model's organism, or ``None``."""
+    from diffinterp.organisms.twin import load_ar_baseline
+
+    spec = organism_of(hm)
+    try:
+        return load_ar_baseline(spec.name) if spec is not None else None
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def _slug(text: str) -> str:
@@ -174,38 +220,41 @@ def run(
     diffusion model (final and per-step drafts) and of the AR twin; write metrics and figures."""
     import diffinterp as di
 
-    hm = model if model is not None else di.load_model()
+    hm = model if model is not None else di.load_model(ORGANISM)
     n = min(n, 48) if quick else n
     n_train = n_train or (100 if quick else 200)
     resamples = resamples or (500 if quick else 2000)
-    toy = uses_toy_tokenizer(hm)
+    task = monitored_task(hm)
+    settings = SETTINGS.get(task)
     notes = []
-    test = prompt_set(hm, TASK, n, seed=seed)
-    train = train_prompt_set(hm, n_train, seed=seed, exclude=test)
-    y_test, positive = M.binary_labels(test.labels, POSITIVE if toy else None)
+    test = prompt_set(hm, task or "random", n, seed=seed)
+    train = train_prompt_set(hm, n_train, seed=seed, exclude=test, task=task)
+    y_test, positive = M.binary_labels(test.labels, settings["positive"] if settings else None)
     y_train, _ = M.binary_labels(train.labels, positive)
-    toy_ids = {w: hm.tokenizer.convert_tokens_to_ids(w) for w in (*RULE_WORDS, TASK)} if toy else None
-    if not toy:
-        notes.append("no toy tokenizer: random prompts, labels a/b; keyword rule and hidden-word variants skipped")
+    toy_ids = None
+    if settings is not None:
+        words = (*settings["rule_words"], "=", ":", task)
+        toy_ids = {w: hm.tokenizer.convert_tokens_to_ids(w) for w in words}
+    else:
+        notes.append("no known task with a hidden property: random prompts, labels a/b; task monitors skipped")
     test_prompts = prompt_contents(test)
     run_args = dict(batch_size=batch_size, **gen_kwargs)
-    final, drafts, correct = diffusion_outputs(hm, test, seed=seed, **run_args)
+    batches: list = []
+    final, drafts, correct = diffusion_outputs(hm, test, seed=seed, batches=batches, **run_args)
     train_final, _, _ = diffusion_outputs(hm, train, seed=seed + 100_003, **run_args)
-    fitted = fit_monitors(
-        train_final, y_train, toy_ids=toy_ids, positions=hm.config.canvas_length, tokenizer=hm.tokenizer
-    )
+    fit = dict(toy_ids=toy_ids, positions=hm.config.canvas_length, tokenizer=hm.tokenizer, settings=settings)
+    fitted = fit_monitors(train_final, y_train, **fit)
     auroc, scores = {}, {}
     auroc["diffusion final"], scores["diffusion final"] = evaluate(
         fitted, final, test_prompts, y_test, seed=seed, resamples=resamples
     )
     accuracy = {"diffusion": proportion_of(correct) if correct is not None else None, "ar": None}
     details = {"trained on diffusion finals": fitted["details"]}
-    if toy and ar:
-        ar_test, ar_correct = ar_outputs(hm, test)
-        ar_train, _ = ar_outputs(hm, train)
-        fitted_ar = fit_monitors(
-            ar_train, y_train, toy_ids=toy_ids, positions=hm.config.canvas_length, tokenizer=hm.tokenizer
-        )
+    twin = _twin(hm) if task is not None and ar else None
+    if twin is not None:
+        ar_test, ar_correct = ar_outputs(hm, test, twin)
+        ar_train, _ = ar_outputs(hm, train, twin)
+        fitted_ar = fit_monitors(ar_train, y_train, **fit)
         auroc["AR twin"], scores["AR twin"] = evaluate(
             fitted_ar, ar_test, test_prompts, y_test, seed=seed, resamples=resamples
         )
@@ -215,9 +264,19 @@ def run(
         accuracy["ar"] = proportion_of(ar_correct)
         details["trained on AR outputs"] = fitted_ar["details"]
     else:
-        notes.append(
-            "no AR twin for this model's vocabulary: AR comparison skipped" if not toy else "AR part off (ar=False)"
-        )
+        notes.append("AR part off (ar=False)" if not ar else "no AR twin for this model: AR comparison skipped")
+    alt_final, _, _ = diffusion_outputs(hm, test, seed=seed, **alternative_kwargs(run_args))
+    gate = measure_gate(
+        hm,
+        batches,
+        seed=seed,
+        finding=auroc["diffusion final"].get(MAIN),
+        alternative_finding=evaluate(
+            fitted, alt_final, test_prompts, y_test, names=[MAIN], seed=seed, resamples=resamples
+        )[0].get(MAIN),  # fmt: skip
+        finding_name=f"AUROC of the {MAIN} monitor on the final outputs",
+        **gen_kwargs,
+    )
     per_step = {name: [] for name in STEP_MONITORS if name in fitted["score"]}
     for outputs in drafts:
         step = evaluate(fitted, outputs, test_prompts, y_test, names=per_step, seed=seed, resamples=resamples // 2)[0]
@@ -233,12 +292,15 @@ def run(
         out.figure(MF.auroc_per_step(per_step, auroc["diffusion final"]), "auroc_per_step")
         if 0 < y_test.sum() < y_test.size:
             shown = [
-                k for k in ("keyword rule (rev)", MAIN, "digits only: logistic (bag+position)") if k in fitted["score"]
+                k
+                for k in ("consistency rule", "keyword rule (rev)", MAIN, "digits only: logistic (bag+position)")
+                if k in fitted["score"]
             ]
             curves = {k: {s: M.roc_curve(scores[s][k], y_test) for s in scores} for k in shown}
             out.figure(MF.roc_figure(curves), "roc_curves")
         out.metrics.update(
-            summary=summary,
+            summary={**summary, "gate": gate["verdict"], "task": task},
+            gate=gate,
             auroc=auroc,
             auroc_per_draft_step=per_step,
             auroc_difference_diffusion_minus_ar=comparison,
@@ -248,7 +310,7 @@ def run(
             n=len(test),
             model=model_info(hm),
             options={"n": n, "n_train": n_train, "seed": seed, "quick": quick, "batch_size": batch_size, "resamples": resamples,
-                     "ar": ar, "generation": {k: str(v) for k, v in gen_kwargs.items()},
+                     "ar": ar, "generation": generation_options(gen_kwargs),
                      "training": "each source's monitors fitted on that source's outputs for the training prompts; "
                      "'(diffusion-trained)' rows and the draft steps use the monitors fitted on diffusion final outputs"},
         )  # fmt: skip

@@ -1,21 +1,29 @@
-"""Non-chronological reasoning: does the answer settle before the reasoning tokens it depends on?
+"""Non-chronological reasoning: does the canvas settle in the order of its dependencies, not left to right?
 
     from case_studies import non_chronological
-    metrics = non_chronological.run(n=100, out_dir="out/non_chronological")
+    metrics = non_chronological.run(n=100, out_dir="out/non_chronological")   # carry and latin organisms
 
-1. Settling (``diffinterp.phenomena.settling``): the step each canvas position settles; per task, the fraction
-   of samples whose answer settles strictly before / at the same step as / after the reasoning it
-   depends on (the last scratch value for arith, every earlier content token otherwise), split by
-   correct / incorrect outputs, with Wilson 95% CIs; also on argmax stability alone (acceptance
-   ignored), i.e. prediction order rather than commit order.
-2. Logit lens and probes on the first task (arith): is the answer readable in the residual stream
-   before the reasoning settles?
-3. Causal test: corrupt the reasoning token's input embedding (and its self-conditioning soft
-   embedding) at step 0, at the answer's settle step or at the last step (one step, or persistent
-   from there on), replay the run with the same random draws, and see whether the answer follows
-   the corrupted value (faithful), stays, or changes otherwise.
+On the organisms built for it, the ground truth gives each answer position a **round**: the length
+of the dependency chain it needs (``carry``: suffix sums, written left to right but computed right
+to left; ``latin``: the naked-single propagation round of each blank cell).
 
-Definitions: ``docs/case-studies/non-chronological.md``.
+1. **Prediction order** (primary): the step from which each position's argmax stays at its final
+   token (:func:`~diffinterp.phenomena.settling.settle_steps` with acceptance ignored). Its
+   **agreement** with the dependency order and with left-to-right order
+   (:mod:`diffinterp.phenomena.order`: among position pairs whose rounds differ, the share that
+   settle in round order), per row, with a bootstrap 95% CI, and the mean settle step per round.
+2. **Commit order** (secondary, a property of the sampler): the same with acceptance required.
+3. **Causal test** (``carry``): corrupt the canvas token of position j (and its self-conditioning
+   input) from the step it settles, while its left neighbour i = j - 1 has not settled, replay with
+   the same random draws, and see whether i ends at the value its local rule implies from the
+   corrupted j (``follows``), stays (``unchanged``) or goes elsewhere (``other``).
+4. **The autoregressive twin** on the same prompts (``carry``): written left to right, its first
+   token needs the whole chain summed latently.
+5. **The dynamics gate** (:mod:`diffinterp.phenomena.gate`) of the headline finding (prediction-order
+   agreement with the dependency order), re-measured under the alternative sampler setting.
+
+On a model without ground truth (any other checkpoint) the study measures left-to-right agreement
+only and the gate says it could not be checked. Definitions: ``docs/case-studies/non-chronological.md``.
 """
 
 from __future__ import annotations
@@ -26,226 +34,238 @@ from typing import Any
 import torch
 
 from diffinterp import studies
-from diffinterp.figures import settling as stf
-from diffinterp.figures.instruments import commit_order
-from diffinterp.instruments.lens import first_prediction, target_lens
-from diffinterp.instruments.probes import fit_probes
+from diffinterp.figures import settling as figures
+from diffinterp.organisms.catalog import TASKS
+from diffinterp.organisms.families import carry
+from diffinterp.organisms.task import Example
+from diffinterp.phenomena import order as od
 from diffinterp.phenomena import settling as st
-from diffinterp.stats import mean_ci, proportion, proportion_of
+from diffinterp.stats import mean_ci, proportion_of
+from diffinterp.studies.gate import accuracy, alternative_kwargs, focus_positions, measure_gate
 
-DEFAULT_TASKS = ("arith", "seq", "hop", "mon")
-RESID = "decoder.blocks.*.hook_resid_post"
-MIN_PROBE_ROWS = 12
-
-
-def _settling_rows(hm, batch, eq_id) -> dict[str, torch.Tensor]:
-    """Per-row settling results of one batch (block 0)."""
-    s = st.trajectory_settling(batch.trajectory)
-    eos, pad = studies.special_ids(hm)
-    regions = st.find_regions(s.final, eos, pad, eq_id)
-    answer = st.region_step(s.settle, regions.answer)
-    rows = {"answer": answer, "last": s.last, "arith": regions.arith}
-    for name, mask, reduce in (("dependency", regions.dependency, "max"), ("scratch", regions.scratch, "max"),
-                               ("scratch_first", regions.scratch, "min")):  # fmt: skip
-        rows[name] = st.region_step(s.settle, mask, reduce)
-        rows[f"order_{name}"] = st.settle_order(answer, rows[name])
-        rows[f"valid_{name}"] = (answer >= 0) & (rows[name] >= 0)
-    # the same comparison on argmax stability alone (acceptance ignored): prediction order, not commit order
-    argmax = batch.trajectory.stack("argmax").cpu()
-    stable = st.settle_steps(argmax, torch.ones_like(argmax, dtype=torch.bool), batch.trajectory.stack("active").cpu())
-    answer_stable, dep_stable = st.region_step(stable, regions.answer), st.region_step(stable, regions.dependency)
-    rows["order_argmax_only"] = st.settle_order(answer_stable, dep_stable)
-    rows["valid_argmax_only"] = (answer_stable >= 0) & (dep_stable >= 0)
-    correct = batch.correct if batch.correct is not None else torch.full_like(answer, -1)
-    rows["correct"] = correct.long()
-    return rows | {"_settling": s, "_regions": regions}
+ORGANISMS = ("carry", "latin")
+QUICK_N = 24
 
 
-def _fractions(rows: dict[str, torch.Tensor], name: str) -> dict[str, Any]:
-    valid, correct = rows[f"valid_{name}"], rows["correct"]
-    out = {"all": st.order_fractions(rows[f"order_{name}"], valid)}
-    if (correct >= 0).any():
-        for label, flag in (("correct", 1), ("incorrect", 0)):
-            out[label] = st.order_fractions(rows[f"order_{name}"], valid & (correct == flag))
+def ground_truth_order(batch, canvas_length: int) -> torch.Tensor | None:
+    """``[B, P]`` ground-truth rounds of the focus positions (``-1`` elsewhere), or ``None`` when the
+    batch's task has no rounds."""
+    task = TASKS.get(batch.prompts.task)
+    if task is None or task.truth is None or batch.prompts.texts is None or batch.prompts.answers is None:
+        return None
+    out = torch.full((len(batch.rows), canvas_length), -1, dtype=torch.long)
+    for row, (text, answer) in enumerate(zip(batch.prompts.texts, batch.prompts.answers, strict=True)):
+        truth = task.truth(Example(batch.prompts.task, text, answer))
+        if "round" not in truth:
+            return None
+        for position in truth.get("focus", range(len(truth["round"]))):
+            if position < canvas_length:
+                out[row, position] = truth["round"][position]
     return out
 
 
-def lens_and_probes(hm, batch, rows, seed: int) -> tuple[dict[str, Any], Any]:
-    """Lens: when the answer is first the lens argmax vs when the reasoning settles; probes on the
-    answer's last position predicting its final token, at steps before the reasoning settles."""
-    s, regions = rows["_settling"], rows["_regions"]
-    lens = target_lens(hm, batch.cache, s.final)  # full-vocabulary argmax without [.., vocab] tensors
-    last, dep = s.last, rows["dependency"]
-    first = st.answer_lens_steps(lens.argmax.cpu(), s.final, regions.answer, last)  # [L, B]
-    valid = rows["valid_dependency"]
-    any_layer = torch.where(first >= 0, first, torch.full_like(first, 10**6)).min(0).values
-    dep_first = st.answer_lens_steps(lens.argmax.cpu(), s.final, regions.dependency, last)
-    dep_any = torch.where(dep_first >= 0, dep_first, torch.full_like(dep_first, 10**6)).min(0).values
-    read = valid & (any_layer < 10**6) & (dep_any < 10**6)
-    target = lens.target_prob  # [S, L, B, P]
-    prob = st.region_mean(target, regions.answer)  # [S, L, B]
-    offsets = list(range(-2, 3))
-    curves, counts = {}, None
-    for name, values in (("answer, final layer", prob[:, -1]), ("answer, best layer", prob.max(1).values),
-                         ("reasoning, final layer", st.region_mean(target, regions.dependency)[:, -1])):  # fmt: skip
-        curves[name], counts = st.align_to(values, dep, last, offsets)
-    result = {
-        "lens_answer_before_reasoning_any_layer": proportion_of((any_layer < dep)[valid]),
-        "model_argmax_answer_before_reasoning": proportion_of(((first[-1] >= 0) & (first[-1] < dep))[valid]),
-        "answer_settles_before_reasoning": proportion_of((rows["answer"] < dep)[valid]),
-        "lens_order_answer_vs_reasoning": st.order_fractions(st.settle_order(any_layer, dep_any), read),
-        "first_lens_step_per_layer": {
-            str(layer): mean_ci(first[i][valid & (first[i] >= 0)].tolist()) for i, layer in enumerate(lens.layers)
-        },
-        "lens_curve": {"offsets": offsets, "counts": counts.tolist(), **{k: v.tolist() for k, v in curves.items()}},
+def settle_orders(trajectory) -> dict[str, torch.Tensor]:
+    """Prediction-order and commit-order settle steps ``[B, P]`` of block 0, and each row's last step."""
+    argmax, accepted = trajectory.stack("argmax").cpu(), trajectory.stack("accepted").cpu()
+    active = trajectory.stack("active").cpu()
+    return {
+        "prediction": st.settle_steps(argmax, torch.ones_like(accepted), active),
+        "commit": st.settle_steps(argmax, accepted, active),
+        "last": st.last_steps(active),
+        "final": st.final_tokens(argmax, st.last_steps(active)),
     }
-    answer_last = torch.where(regions.answer, torch.arange(regions.answer.shape[1]), -1).max(1).values
-    labels = s.final[torch.arange(len(answer_last)), answer_last.clamp(min=0)]
-    probes = {}
-    for step in lens.steps:
-        keep = (valid & (dep > step) & (answer_last >= 0)).nonzero().flatten()
-        if len(keep) < MIN_PROBE_ROWS or len(set(labels[keep].tolist())) < 2:
-            probes[str(step)] = {"skipped": f"{len(keep)} rows with the reasoning unsettled at this step"}
-            continue
-        feats = torch.stack([batch.cache.get(RESID.replace("*", str(layer)), step)[keep, answer_last[keep]]
-                             for layer in lens.layers])  # fmt: skip  # [L, n, d]
-        fit = fit_probes(feats.cpu(), labels[keep].tolist(), seed=seed)
-        best = int(fit["accuracy"].argmax())
-        k = round(float(fit["accuracy"][best]) * fit["n_test"])
-        probes[str(step)] = {"best_layer": lens.layers[best], "accuracy": proportion(k, fit["n_test"]),
-                             "control": fit["control"].tolist(), "per_layer": fit["accuracy"].tolist(),
-                             "majority": fit["majority"], "n_rows": len(keep)}  # fmt: skip
-    result["probes_before_reasoning_settles"] = probes
-    # example: of the rows whose answer settles first, the one that ran longest
-    example = int(torch.where(rows["order_dependency"] < 0, last, -1).argmax())
-    tokenizer = hm.tokenizer if studies.uses_toy_tokenizer(hm) else None
-    figures = {
-        "lens_curve": stf.lens_curve(offsets, curves, counts),
-        "commit_order_example": commit_order(
-            batch.trajectory, row=example, tokenizer=tokenizer, first=first_prediction(lens, s.final)
-        ),  # fmt: skip
-    }
-    return result, figures
 
 
-def causal_test(hm, batch, rows, *, shift: int, digit_ids, eq_id, self_conditioning: bool) -> tuple[dict, Any]:
-    """Corrupt the reasoning's last token at step 0 / the answer's settle step / the last step, at that
-    step only, or from that step to the end (persistent); replay with the clean run's random draws."""
-    s, regions = rows["_settling"], rows["_regions"]
-    eos, pad = studies.special_ids(hm)
-    subject = rows["valid_dependency"] & (rows["correct"] != 0)
-    position = torch.where(regions.dependency, torch.arange(regions.dependency.shape[1]), -1).max(1).values
-    rows_idx = torch.arange(len(position))
-    clean_token = s.final[rows_idx, position.clamp(min=0)]
-    vocab = hm.config.text_config.vocab_size
-    cycle = digit_ids if digit_ids is not None else list(range(4, vocab))
-    corrupt = st.corrupt_tokens(clean_token, cycle, shift)
+def order_agreement(hm, batches, canvas_length: int, *, seed: int = 0) -> dict[str, Any]:
+    """Agreement of prediction and commit order with the dependency order and with left to right."""
+    parts: dict[str, list] = {"prediction": [], "commit": [], "order": [], "correct": [], "steps": []}
+    for batch in batches:
+        orders = settle_orders(batch.trajectory)
+        truth = ground_truth_order(batch, canvas_length)
+        if truth is None:  # no ground truth: score the answer's (or the output's) positions left to right
+            truth = torch.full_like(orders["final"], -1)
+            eos, pad = studies.special_ids(hm)
+            positions = focus_positions(batch) or [
+                st.content_positions(row, eos, pad) for row in orders["final"].tolist()
+            ]
+            for row, cols in enumerate(positions):
+                truth[row, [c for c in cols if c < canvas_length]] = 0
+        parts["order"].append(truth)
+        parts["prediction"].append(orders["prediction"])
+        parts["commit"].append(orders["commit"])
+        parts["steps"].append(orders["last"] + 1)
+        correct = batch.correct if batch.correct is not None else torch.ones(len(batch.rows), dtype=torch.bool)
+        parts["correct"].append(correct.bool())
+    truth, correct = torch.cat(parts["order"]), torch.cat(parts["correct"])
+    has_rounds = bool((truth > 0).any())
+    out: dict[str, Any] = {"rows": len(truth), "mean_steps": mean_ci(torch.cat(parts["steps"]).tolist(), seed=seed)}
+    for kind in ("prediction", "commit"):
+        settle = torch.cat(parts[kind])
+        entry = {"left_to_right": od.agreement_summary(od.pair_counts(settle, od.left_to_right(truth)), seed=seed)}
+        if has_rounds:
+            counts = od.pair_counts(settle, truth)
+            entry["dependency"] = od.agreement_summary(counts, seed=seed)
+            entry["dependency_correct_rows"] = od.agreement_summary(counts, correct, seed=seed)
+            entry["settle_step_by_round"] = {
+                str(r): mean_ci(settle[truth == r].float().tolist(), seed=seed)
+                for r in sorted(set(truth[truth > 0].tolist()))
+            }
+        out[kind] = entry
+    return out
+
+
+def headline(agreement: dict) -> dict | None:
+    """The finding the gate checks: prediction-order agreement with the dependency order."""
+    entry = agreement["prediction"].get("dependency")
+    return entry["mean_agreement"] if entry else None
+
+
+# ------------------------------------------------------------------------------------- causal test
+def causal_test(hm, batch, *, shift: int = 5) -> dict[str, Any] | None:
+    """The carry causal test on one batch (module docstring, item 3); ``None`` for other tasks."""
+    if batch.prompts.task != "carry" or batch.prompts.texts is None:
+        return None
+    orders = settle_orders(batch.trajectory)
+    settle, final = orders["commit"], orders["final"]
+    digits = [hm.tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
+    j = carry.N_DIGITS // 2  # the corrupted position; its left neighbour i = j - 1 reads it
+    i = j - 1
+    rows = torch.arange(len(batch.rows))
+    clean_j, clean_i = final[:, j], final[:, i]
+    subject = (settle[:, j] < settle[:, i]) & torch.isin(clean_j, torch.tensor(digits))
+    if batch.correct is not None:
+        subject &= batch.correct.bool().cpu()
+    corrupted = st.corrupt_tokens(clean_j, digits, shift)
     with torch.no_grad():
-        replacement = hm.model.model.decoder.embed_tokens(corrupt.to(hm.model.device))  # what that token embeds to
-    early, settle = torch.zeros_like(s.last), rows["answer"].clamp(min=0)
-    conditions = {"early": (early, False), "answer settles": (settle, False), "last": (s.last, False),
-                  "early, persistent": (early, True), "answer settles, persistent": (settle, True)}  # fmt: skip
-    results = {}
-    for name, (when, persist) in conditions.items():
-        step = torch.where(subject, when, torch.full_like(when, -1))
-        hooks = [("decoder.hook_embed", st.replace_positions_hook(replacement, position, step, persist=persist))]
-        if self_conditioning:
-            hooks.append(("decoder.sc.hook_soft_embed",
-                          st.replace_positions_hook(replacement, position, step, persist=persist, skip_zero=True)))  # fmt: skip
-        traj = hm.run_with_hooks(batch.prompts.input_ids, fwd_hooks=hooks, **studies.rerun_kwargs(batch))
-        new = traj.blocks[0].final_canvas.cpu()
-        new_regions = st.find_regions(new, eos, pad, eq_id)
-        kinds, survives, exact = [], [], []
-        for r in range(len(position)):
-            if not subject[r]:
-                exact.append(new[r].tolist() == batch.trajectory.blocks[0].final_canvas[r].tolist())
-                continue
-            clean_ans = s.final[r, regions.answer[r]].tolist()
-            dep = s.final[r, regions.dependency[r]].clone()
-            dep[-1] = corrupt[r]
-            implied = dep.tolist() if regions.arith[r] else None
-            kinds.append(st.outcome(new[r, new_regions.answer[r]].tolist(), clean_ans, implied))
-            survives.append(int(new[r, position[r]]) == int(corrupt[r]))
-        results[name] = {k: proportion_of([x == k for x in kinds]) for k in ("unchanged", "follows", "other")}
-        results[name]["survives"] = proportion_of(survives)
-        results[name]["replay_exact_untouched_rows"] = proportion_of(exact)
-    return results, stf.causal_bars(results)
+        replacement = hm.model.model.decoder.embed_tokens(corrupted.to(hm.model.device))
+    when = torch.where(subject, settle[:, j], torch.full_like(settle[:, j], -1))
+    position = torch.full_like(when, j)
+    hooks = [
+        ("decoder.hook_embed", st.replace_positions_hook(replacement, position, when, persist=True)),
+        (
+            "decoder.sc.hook_soft_embed",
+            st.replace_positions_hook(replacement, position, when, persist=True, skip_zero=True),
+        ),
+    ]
+    replayed = hm.run_with_hooks(batch.prompts.input_ids, fwd_hooks=hooks, **studies.rerun_kwargs(batch))
+    new = replayed.block(0).final_canvas.cpu()
+    outcomes = []
+    for r in rows[subject].tolist():
+        x = carry.parse_prompt(batch.prompts.texts[r])
+        implied = digits[(x[i] + digits.index(int(corrupted[r]))) % 10]
+        outcomes.append(st.outcome([int(new[r, i])], [int(clean_i[r])], [implied]))
+    untouched = [new[r].tolist() == final[r].tolist() for r in rows[~subject].tolist()]
+    return {
+        "corrupted_position": j,
+        "reader_position": i,
+        "shift": shift,
+        "n_subjects": len(outcomes),
+        **{kind: proportion_of([o == kind for o in outcomes]) for kind in ("follows", "unchanged", "other")},
+        "replay_exact_untouched_rows": proportion_of(untouched),
+    }
 
 
-def _eq(hm) -> int | None:
-    return hm.tokenizer.convert_tokens_to_ids("=") if studies.uses_toy_tokenizer(hm) else None
+def twin_accuracy(name: str, prompts, seed: int) -> dict[str, Any] | None:
+    """The AR twin of organism ``name`` on the same prompts: exact match and per-position accuracy."""
+    from diffinterp.organisms.evaluate import predict_batch
+    from diffinterp.organisms.twin import load_ar_baseline
+
+    try:
+        twin = load_ar_baseline(name)
+    except (FileNotFoundError, ValueError):
+        return None
+    predicted = predict_batch(twin, prompts.texts, model_kind="ar", seed=seed).texts
+    task = TASKS[prompts.task]
+    examples = [Example(prompts.task, t, a) for t, a in zip(prompts.texts, prompts.answers, strict=True)]
+    per_position: dict[int, list[bool]] = {}
+    for text, example in zip(predicted, examples, strict=True):
+        got, want = text.split(), example.answer.split()
+        for p, token in enumerate(want):
+            per_position.setdefault(p, []).append(p < len(got) and got[p] == token)
+    return {
+        "accuracy": proportion_of([task.accepts(t, e) for t, e in zip(predicted, examples, strict=True)]),
+        "accuracy_by_position": {str(p): proportion_of(v) for p, v in sorted(per_position.items())},
+    }
+
+
+# ------------------------------------------------------------------------------------- run
+def _study_task(hm, task: str, n: int, seed: int, gen_kwargs: dict) -> tuple[dict, list]:
+    prompts = studies.prompt_set(hm, task, n, seed=seed)
+    batches = list(studies.run_prompt_set(hm, prompts, seed=seed, **gen_kwargs))
+    canvas = hm.config.canvas_length
+    agreement = order_agreement(hm, batches, canvas, seed=seed)
+    alternative = list(studies.run_prompt_set(hm, prompts, seed=seed, **alternative_kwargs(gen_kwargs)))
+    alt_agreement = order_agreement(hm, alternative, canvas, seed=seed)
+    gate = measure_gate(
+        hm,
+        batches,
+        seed=seed,
+        finding=headline(agreement),
+        alternative_finding=headline(alt_agreement),
+        finding_name="prediction-order agreement with the dependency order",
+        **gen_kwargs,
+    )
+    result = {
+        "task": prompts.task,
+        "n": len(prompts),
+        "accuracy": accuracy(batches),
+        "order": agreement,
+        "order_alternative_sampler": alt_agreement,
+        "causal_test": causal_test(hm, batches[0]),
+        "gate": gate,
+    }
+    return result, batches
 
 
 def run(model=None, *, n: int = 100, out_dir: str | Path = "out/non_chronological", seed: int = 0,
-        quick: bool = False, tasks=None, shift: int = 5, self_conditioning: bool = True, **gen_kwargs) -> dict:  # fmt: skip
-    """Run the study on ``model`` (default: the bundled one); write metrics.json and figures; the metrics."""
+        quick: bool = False, tasks=None, **gen_kwargs) -> dict:  # fmt: skip
+    """Run the study on its organisms (``carry``, ``latin``) or on ``model``; write metrics.json and
+    figures; the metrics."""
     import diffinterp as di
 
-    hm = model if model is not None else di.load_model()
-    toy = studies.uses_toy_tokenizer(hm)
-    n = min(n, 24) if quick else n
-    tasks = tuple(tasks or (DEFAULT_TASKS if toy else (studies.RANDOM_TASK,)))
-    eq_id = _eq(hm)
-    digit_ids = [hm.tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)] if toy else None
-    per_task, lens_metrics, causal, tasks_rows = {}, None, None, {}
+    n = min(n, QUICK_N) if quick else n
+    models = [(name, di.load_model(name)) for name in ORGANISMS] if model is None else [(None, model)]
+    results, examples = {}, []
     with studies.StudyOutput(out_dir) as out:
-        for index, task in enumerate(tasks):
-            ps = studies.prompt_set(hm, task, n, seed=seed)
-            first = index == 0  # lens, probes and the causal test run on the first task, in one batch
-            batches = studies.run_prompt_set(hm, ps, names_filter=RESID if first else None,
-                                             batch_size=max(n, 1) if first else 64, seed=seed, **gen_kwargs)  # fmt: skip
-            parts = []
-            for batch in batches:
-                rows = _settling_rows(hm, batch, eq_id if task == "arith" else None)
-                if first:
-                    lens_metrics, figures = lens_and_probes(hm, batch, rows, seed)
-                    for name, fig in figures.items():
-                        out.figure(fig, name)
-                    arith = task == "arith"
-                    causal, fig = causal_test(
-                        hm,
-                        batch,
-                        rows,
-                        shift=shift,
-                        digit_ids=digit_ids if arith else None,
-                        eq_id=eq_id if arith else None,
-                        self_conditioning=self_conditioning,
-                    )
-                    out.figure(fig, "causal_test")
-                    tokenizer = hm.tokenizer if toy else None
-                    s, regions = rows["_settling"], rows["_regions"]
-                    examples = list(range(min(8, len(s.last))))
-                    out.figure(stf.settle_heatmap(s.settle, s.final, regions, s.last, examples, tokenizer,
-                                                 title=f"Settle steps, {task}"), "settle_heatmap")  # fmt: skip
-                parts.append({k: v for k, v in rows.items() if not k.startswith("_")})
-            rows = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-            tasks_rows[task] = rows
-            per_task[task] = {
-                "n": len(ps),
-                "n_arith_parsed": int(rows["arith"].sum()),
-                "accuracy": proportion_of(rows["correct"][rows["correct"] >= 0].tolist()),
-                "mean_steps": mean_ci((rows["last"] + 1).tolist()),
-                "vs_dependency": _fractions(rows, "dependency"),
-                "vs_whole_scratchpad": _fractions(rows, "scratch"),
-                "vs_first_scratch_token": _fractions(rows, "scratch_first"),
-                "vs_dependency_argmax_only": _fractions(rows, "argmax_only"),
-            }
-        out.figure(stf.order_bars({t: per_task[t]["vs_dependency"]["all"] for t in tasks}), "settle_order")
-        summary = {
-            f"{t}_answer_before_reasoning": per_task[t]["vs_dependency"]["all"]["before"]["value"] for t in tasks
-        }
-        summary |= {f"{t}_tie": per_task[t]["vs_dependency"]["all"]["tie"]["value"] for t in tasks}
-        summary[f"{tasks[0]}_tie_argmax_only"] = per_task[tasks[0]]["vs_dependency_argmax_only"]["all"]["tie"]["value"]
-        summary["lens_answer_before_reasoning"] = lens_metrics["lens_answer_before_reasoning_any_layer"]["value"]
-        summary["lens_answer_readable_first"] = lens_metrics["lens_order_answer_vs_reasoning"]["before"]["value"]
-        for name, values in causal.items():
-            key = name.replace(",", "").replace(" ", "_")
-            summary[f"causal_{key}_follows"] = values["follows"]["value"]
-            summary[f"causal_{key}_unchanged"] = values["unchanged"]["value"]
+        for name, hm in models:
+            own = studies.model_tasks(hm)
+            for task in tasks or own or (studies.RANDOM_TASK,):
+                key = task if name is None else f"{name}/{task}"
+                result, batches = _study_task(hm, task, n, seed, gen_kwargs)
+                if name is not None:
+                    result["twin"] = twin_accuracy(name, batches[0].prompts, seed) if task == "carry" else None
+                results[key] = result
+                examples.append((key, batches[0], hm))
+        out.figure(figures.settle_by_round({k: r["order"] for k, r in results.items()}), "settle_step_by_round")
+        out.figure(figures.agreement_bars({k: r["order"] for k, r in results.items()}), "order_agreement")
+        for key, batch, hm in examples[:2]:
+            orders = settle_orders(batch.trajectory)
+            truth = ground_truth_order(batch, hm.config.canvas_length)
+            fig = figures.round_heatmap(orders["prediction"], orders["final"], truth, range(min(6, len(batch.rows))),
+                                        hm.tokenizer, title=f"Prediction settle step, {key}")  # fmt: skip
+            out.figure(fig, f"settle_heatmap_{key.replace('/', '_')}")
+        summary = {}
+        for key, result in results.items():
+            dependency = result["order"]["prediction"].get("dependency")
+            summary[f"{key}_accuracy"] = (result["accuracy"] or {}).get("value")
+            summary[f"{key}_prediction_vs_dependency"] = dependency["mean_agreement"]["value"] if dependency else None
+            summary[f"{key}_prediction_left_to_right"] = result["order"]["prediction"]["left_to_right"][
+                "mean_agreement"
+            ]["value"]
+            summary[f"{key}_gate"] = result["gate"]["verdict"]
+            if result.get("causal_test"):
+                summary[f"{key}_causal_follows"] = result["causal_test"]["follows"]["value"]
         out.metrics.update(
-            summary=summary, n=n, tasks=list(tasks), per_task=per_task, lens_and_probes=lens_metrics,
-            causal_test=causal, model=studies.model_info(hm),
-            options={"seed": seed, "quick": quick, "shift": shift, "self_conditioning": self_conditioning,
-                     "lens_task": tasks[0], **{k: str(v) for k, v in gen_kwargs.items()}},
-        )  # fmt: skip
+            summary=summary,
+            n=n,
+            per_task=results,
+            gate={key: result["gate"] for key, result in results.items()},
+            models={key: studies.model_info(hm) for key, _, hm in examples},
+            options={
+                "seed": seed,
+                "quick": quick,
+                "tasks": list(tasks or []),
+                **studies.generation_options(gen_kwargs),
+            },
+        )
     return out.metrics

@@ -126,7 +126,7 @@ def test_noise_replacement_and_outcome_flags():
 
 @pytest.fixture(scope="module")
 def bundled():
-    return di.load_model()
+    return di.load_model("toy4")
 
 
 @pytest.fixture(scope="module")

@@ -154,7 +154,7 @@ def test_quick_run_on_bundled_model_recomputes(tmp_path):
     from diffinterp.studies.prompts import prompt_set
     from diffinterp.studies.runs import run_prompt_set
 
-    hm = di.load_model()
+    hm = di.load_model("toy4")
     metrics = monitorability.run(hm, n=24, n_train=40, out_dir=tmp_path, resamples=50)
     saved = _check_metrics(tmp_path, metrics)
     ps = prompt_set(hm, "mon", 24)

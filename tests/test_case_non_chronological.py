@@ -1,4 +1,4 @@
-"""Non-chronological reasoning: settle steps, regions, orders, lens steps, corruption, end-to-end runs."""
+"""Non-chronological reasoning: settle steps, ground-truth rounds, order agreement, corruption, end-to-end runs."""
 
 from __future__ import annotations
 
@@ -12,12 +12,18 @@ import diffinterp as di
 from case_studies import non_chronological as nc
 from diffinterp import studies
 from diffinterp.core.configs import real_pattern_tiny_config
+from diffinterp.organisms.families import carry
 from diffinterp.phenomena import settling as st
 
 
 @pytest.fixture(scope="module")
 def bundled():
-    return di.load_model()
+    return di.load_model("toy4")
+
+
+@pytest.fixture(scope="module")
+def latin():
+    return di.load_model("latin")
 
 
 def ids(hm, text: str) -> list[int]:
@@ -56,79 +62,6 @@ def test_settle_steps_on_a_hand_made_trajectory():
     assert st.settle_steps(argmax, accepted)[1].tolist() == [3, 0, 1, 3]
     with pytest.raises(ValueError, match="must match argmax"):
         st.settle_steps(argmax, accepted[:, :1])
-
-
-def _designed(final: torch.Tensor, settle: torch.Tensor, n_steps: int, vocab: int = 64):
-    """argmax / accepted [S, B, P] whose argmax is wrong before ``settle`` and final from it on."""
-    steps = torch.arange(n_steps)[:, None, None]
-    argmax = torch.where(steps < settle[None], (final[None] + 1) % vocab, final[None].expand(n_steps, -1, -1))
-    return argmax, torch.ones_like(argmax, dtype=torch.bool)
-
-
-def test_a_known_settling_order_gives_the_known_fractions(bundled):
-    eos, pad = studies.special_ids(bundled)
-    eq = bundled.tokenizer.convert_tokens_to_ids("=")
-    text = "b = 7 c = 1 4 = 1 4 <eos> <pad> <pad> <pad> <pad> <pad>"
-    final = torch.tensor([ids(bundled, text)] * 4)
-    # positions: scratch 0..6 (before the last "=" at 7), dependency (c's value "1 4") 5..6, answer 8..9
-    settle = torch.zeros(4, 16, dtype=torch.long)
-    settle[:, 5:7] = torch.tensor([[1, 2], [0, 1], [1, 1], [0, 0]])  # dependency settles at 2, 1, 1, 0
-    settle[:, 8:10] = torch.tensor([[0, 1], [1, 1], [2, 0], [0, 3]])  # answer settles at 1, 1, 2, 3
-    argmax, accepted = _designed(final, settle, 5)
-    assert torch.equal(st.settle_steps(argmax, accepted), settle)
-    regions = st.find_regions(final, eos, pad, eq)
-    assert regions.positions("answer", 0) == [8, 9] and regions.positions("dependency", 0) == [5, 6]
-    assert regions.positions("scratch", 0) == list(range(7)) and regions.arith.all()
-    answer = st.region_step(settle, regions.answer)
-    order = st.settle_order(answer, st.region_step(settle, regions.dependency))
-    assert order.tolist() == [-1, 0, 1, 1]
-    fractions = st.order_fractions(order, torch.ones(4, dtype=torch.bool))
-    assert (fractions["before"]["value"], fractions["tie"]["value"], fractions["after"]["value"]) == (0.25, 0.25, 0.5)
-    assert fractions["before"]["ci_low"] < 0.25 < fractions["before"]["ci_high"]
-    # the whole scratchpad settles with its latest token (the dependency); its first token at 0
-    assert st.region_step(settle, regions.scratch).tolist() == [2, 1, 1, 0]
-    assert st.region_step(settle, regions.scratch, "min").tolist() == [0, 0, 0, 0]
-
-
-def test_regions_generic_fallback_and_malformed_arith(bundled):
-    eos, pad = studies.special_ids(bundled)
-    eq = bundled.tokenizer.convert_tokens_to_ids("=")
-    rows = torch.tensor(
-        [
-            [10, 11, 12, eos, pad, pad],  # any vocabulary: answer = last content token
-            ids(bundled, "b = 7 <eos> <pad> <pad>"),  # one '=': not an arith output -> generic
-            [eos, pad, pad, pad, pad, pad],  # empty output: no regions
-            [pad, 20, eos, 21, 22, pad],  # tokens after EOS are not content
-        ]
-    )
-    regions = st.find_regions(rows, eos, pad, eq)
-    assert regions.arith.tolist() == [False, False, False, False]
-    assert regions.positions("answer", 0) == [2] and regions.positions("dependency", 0) == [0, 1]
-    assert regions.positions("answer", 1) == [2] and regions.positions("scratch", 1) == [0, 1]
-    assert regions.positions("answer", 2) == [] and st.region_step(torch.zeros(4, 6).long(), regions.answer)[2] == -1
-    assert regions.positions("answer", 3) == [1] and regions.positions("dependency", 3) == []
-
-
-# ------------------------------------------------------------------------------- lens helpers
-def test_answer_lens_steps_finds_the_first_step_each_layer_reads_the_whole_answer():
-    final = torch.tensor([[3, 4, 5]])
-    answer = torch.tensor([[False, True, True]])
-    lens = torch.zeros(4, 2, 1, 3, dtype=torch.long)  # [S, L, B, P], wrong everywhere
-    lens[1, 1, 0] = torch.tensor([0, 4, 5])  # layer 1 reads the whole answer at step 1
-    lens[2, 0, 0] = torch.tensor([0, 4, 9])  # layer 0 only half of it at step 2 ...
-    lens[3, 0, 0] = torch.tensor([0, 4, 5])  # ... and all of it at step 3, past the row's last step
-    assert st.answer_lens_steps(lens, final, answer, torch.tensor([3])).tolist() == [[3], [1]]
-    assert st.answer_lens_steps(lens, final, answer, torch.tensor([2])).tolist() == [[-1], [1]]
-
-
-def test_align_to_and_region_mean():
-    values = torch.tensor([[0.0, 10.0], [1.0, 11.0], [2.0, 12.0]])  # [S=3, B=2]
-    means, counts = st.align_to(values, torch.tensor([1, 0]), torch.tensor([2, 1]), [-1, 0, 1])
-    # offset -1: row 0 step 0 (row 1 has no step -1); 0: steps 1 and 0; +1: steps 2 and 1
-    assert counts.tolist() == [1, 2, 2]
-    assert means.tolist() == [0.0, (1.0 + 10.0) / 2, (2.0 + 11.0) / 2]
-    mean = st.region_mean(torch.tensor([[1.0, 2.0, 4.0]]), torch.tensor([[True, False, True]]))
-    assert mean.tolist() == [2.5]
 
 
 # ------------------------------------------------------------------------------- causal helpers
@@ -180,48 +113,91 @@ def test_embedding_replacement_equals_running_the_corrupted_canvas(bundled):
     assert not torch.equal(traj.step(0, step).logits, batch.trajectory.step(0, step).logits)
 
 
+# ------------------------------------------------------------------------------- ground truth and agreement
+def test_carry_rounds_equal_the_number_of_digits_each_answer_digit_depends_on(latin):
+    """Brute force: answer digit i depends on prompt digit k iff changing x[k] alone changes y[i]."""
+    prompts = studies.prompt_set(latin, "carry", 5, offset=3)  # the organisms share one tokenizer
+    batch = SimpleNamespace(prompts=prompts, rows=list(range(5)))
+    rounds = nc.ground_truth_order(batch, 12)
+    for row, text in enumerate(prompts.texts):
+        x = carry.parse_prompt(text)
+        for i in range(len(x)):
+            depends = sum(
+                carry.suffix_sums(x[:k] + [(x[k] + 1) % 10] + x[k + 1 :])[i] != carry.suffix_sums(x)[i]
+                for k in range(len(x))
+            )
+            assert rounds[row, i] == depends
+        assert rounds[row, len(x) :].tolist() == [-1, -1]  # <eos> and padding are not scored
+
+
+def _brute_force_agreement(argmax, active, rounds) -> list[float | None]:
+    """Per row: settle steps by a direct scan, then the share of round-ordered pairs settling in order."""
+    out = []
+    for b in range(argmax.shape[1]):
+        last = max(s for s in range(argmax.shape[0]) if active[s, b])
+        final = argmax[last, b]
+        settle = []
+        for p in range(argmax.shape[2]):
+            s = last
+            while s > 0 and argmax[s - 1, b, p] == final[p]:
+                s -= 1
+            settle.append(s)
+        good = bad = 0
+        for i in range(argmax.shape[2]):
+            for j in range(argmax.shape[2]):
+                if 0 <= rounds[b, i] < rounds[b, j] and rounds[b, i] >= 0:
+                    good += settle[i] < settle[j]
+                    bad += settle[i] > settle[j]
+        out.append(good / (good + bad) if good + bad else None)
+    return out
+
+
+def test_order_agreement_on_the_latin_organism_equals_a_brute_force_count(latin):
+    prompts = studies.prompt_set(latin, "latin", 6)
+    batch = next(studies.run_prompt_set(latin, prompts))
+    traj = batch.trajectory
+    rounds = nc.ground_truth_order(batch, latin.config.canvas_length)
+    assert (rounds > 0).any() and (rounds[:, -1] == -1).all()  # blanks scored, <eos> not
+    agreement = nc.order_agreement(latin, [batch], latin.config.canvas_length)
+    expected = [a for a in _brute_force_agreement(traj.stack("argmax"), traj.stack("active"), rounds) if a is not None]
+    got = agreement["prediction"]["dependency"]["mean_agreement"]
+    assert got["n"] == len(expected) and got["value"] == pytest.approx(sum(expected) / len(expected))
+    # left to right on the same positions is the same count with rounds replaced by the position index
+    index = torch.where(rounds > 0, torch.arange(rounds.shape[1]).expand_as(rounds), torch.full_like(rounds, -1))
+    ltr = [a for a in _brute_force_agreement(traj.stack("argmax"), traj.stack("active"), index) if a is not None]
+    assert agreement["prediction"]["left_to_right"]["mean_agreement"]["value"] == pytest.approx(sum(ltr) / len(ltr))
+
+
 # ------------------------------------------------------------------------------- end to end
-def test_runs_unchanged_on_the_real_pattern_random_model(tmp_path):
-    hm = di.HookedDiffusionGemma(di.tiny_model(real_pattern_tiny_config()))
-    metrics = nc.run(hm, n=3, out_dir=tmp_path, max_denoising_steps=4)
+def test_latin_settles_in_propagation_order_more_than_left_to_right(latin, tmp_path):
+    metrics = nc.run(latin, n=8, out_dir=tmp_path)
+    summary = metrics["summary"]
+    assert summary["latin_accuracy"] >= 0.75
+    assert summary["latin_prediction_vs_dependency"] > summary["latin_prediction_left_to_right"]
+    gate = metrics["gate"]["latin"]
+    assert gate["one_pass_accuracy"]["value"] < gate["full_accuracy"]["value"] - 0.25  # the loop matters
+    assert gate["verdict"] in ("passed", "uninformative about reasoning") and "reasons" in gate
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert saved["tasks"] == ["random"] and saved["n"] == 3 and saved["model"]["vocab_size"] == 200
+    assert saved["summary"] == summary
     for name in saved["figures"]:
         assert (tmp_path / name).stat().st_size > 0
-    fractions = saved["per_task"]["random"]["vs_dependency"]["all"]
-    measured = [fractions[k]["value"] for k in ("before", "tie", "after")]
-    assert all(v is None or 0 <= v <= 1 for v in measured)
-    if fractions["before"]["n"]:
-        assert sum(measured) == pytest.approx(1.0)
-    for condition in saved["causal_test"].values():
-        assert condition["follows"]["value"] in (0.0, None)  # no reference: nothing can "follow"
-        assert condition["replay_exact_untouched_rows"]["n"] + condition["unchanged"]["n"] == 3
+
+
+def test_the_gate_labels_the_four_task_control_uninformative(bundled, tmp_path):
+    metrics = nc.run(bundled, n=6, out_dir=tmp_path, tasks=["seq"])
+    gate = metrics["gate"]["seq"]
+    assert gate["verdict"] == "uninformative about reasoning" and not gate["passed"]
+    assert gate["final_equals_step0"]["value"] > 0.7  # the first pass already decides it
+
+
+def test_runs_unchanged_on_the_real_pattern_random_model(tmp_path):
+    hm = di.HookedDiffusionGemma(di.tiny_model(real_pattern_tiny_config()))
+    metrics = nc.run(hm, n=2, out_dir=tmp_path, max_denoising_steps=2)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    result = saved["per_task"]["random"]
+    assert saved["models"]["random"]["vocab_size"] == 200 and result["n"] == 2
+    assert "dependency" not in result["order"]["prediction"]  # no ground truth: left to right only
+    assert result["causal_test"] is None and result["accuracy"] is None
+    assert saved["gate"]["random"]["verdict"] == "uninformative about reasoning"
+    assert "no reference answers" in saved["gate"]["random"]["reasons"][0]
     assert set(metrics["summary"]) == set(saved["summary"])
-
-
-def test_quick_run_on_the_bundled_model_matches_a_recomputation(bundled, tmp_path):
-    metrics = nc.run(bundled, quick=True, out_dir=tmp_path, tasks=("arith", "seq"))
-    arith = metrics["per_task"]["arith"]
-    assert arith["n"] == 24 and arith["n_arith_parsed"] >= 18  # the model writes well-formed arith outputs
-    # recompute the arith settling order from a fresh run with the same seed
-    ps = studies.prompt_set(bundled, "arith", 24)
-    batch = next(studies.run_prompt_set(bundled, ps, batch_size=24))
-    s = st.trajectory_settling(batch.trajectory)
-    eos, pad = studies.special_ids(bundled)
-    regions = st.find_regions(s.final, eos, pad, bundled.tokenizer.convert_tokens_to_ids("="))
-    answer, dep = st.region_step(s.settle, regions.answer), st.region_step(s.settle, regions.dependency)
-    valid = (answer >= 0) & (dep >= 0)
-    before = ((answer < dep) & valid).sum().item() / valid.sum().item()
-    assert arith["vs_dependency"]["all"]["before"]["value"] == pytest.approx(before)
-    assert arith["accuracy"]["value"] == pytest.approx(batch.correct.float().mean().item())
-    for condition in metrics["causal_test"].values():
-        total = sum(condition[k]["value"] for k in ("unchanged", "follows", "other"))
-        assert total == pytest.approx(1.0)
-        assert condition["replay_exact_untouched_rows"]["value"] in (1.0, None)  # untouched rows replay exactly
-    lens = metrics["lens_and_probes"]
-    assert 0 <= lens["lens_answer_before_reasoning_any_layer"]["value"] <= 1
-    # the lens reads the final layer too, so it is never later than the model's own argmax
-    assert (
-        lens["lens_answer_before_reasoning_any_layer"]["value"] >= lens["model_argmax_answer_before_reasoning"]["value"]
-    )
-    assert {"settle_heatmap.png", "settle_order.png", "lens_curve.png", "causal_test.png"} <= set(metrics["figures"])

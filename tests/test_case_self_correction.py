@@ -62,7 +62,7 @@ def test_runs_on_a_real_pattern_tiny_random_model(tmp_path):
 def test_quick_run_on_the_bundled_model_agrees_with_eval(tmp_path):
     from diffinterp.organisms.evaluate import evaluate_task
 
-    hm = di.load_model()
+    hm = di.load_model("toy4")
     metrics = self_correction.run(hm, out_dir=tmp_path, quick=True, tasks=("arith",))
     arith = metrics["per_task"]["arith"]
     revised, unrevised = arith["accuracy_revised"], arith["accuracy_unrevised"]

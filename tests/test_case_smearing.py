@@ -222,7 +222,7 @@ def test_study_quick_on_bundled_model_matches_recomputation(tmp_path):
     from diffinterp.studies.prompts import prompt_set
     from diffinterp.studies.runs import run_prompt_set
 
-    hm = di.load_model()
+    hm = di.load_model("toy4")
     metrics = smearing.run(hm, quick=True, tasks=["mon"], out_dir=tmp_path)
     _check_metrics(tmp_path, ["mon"])
     eos, pad = special_ids(hm)
@@ -248,7 +248,7 @@ def test_soft_smears_are_skipped_when_the_logits_would_not_fit(tmp_path):
     real = di.HookedDiffusionGemma(di.meta_model(di.real_config()))
     assert study.soft_logits_bytes(real, 24, {}) == 4 * 24 * 256 * 262144 * 48  # generation config: 48 steps
     assert study.soft_logits_bytes(real, 24, {}) > study.SOFT_LOGITS_BUDGET
-    hm = di.load_model()
+    hm = di.load_model("toy4")
     assert study.soft_logits_bytes(hm, 64, {}) <= study.SOFT_LOGITS_BUDGET  # the bundled model keeps it
     metrics = study.run(hm, n=4, tasks=["seq"], out_dir=tmp_path, soft=False)
     assert "soft" not in metrics["per_task"]["seq"] and "token" in metrics["per_task"]["seq"]

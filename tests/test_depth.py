@@ -193,10 +193,52 @@ def test_depth_cli_prints_the_table_quickly():
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "diffinterp.cli", "depth", "--config", "tiny", "--steps", "48", "20"],
+        [sys.executable, "-m", "diffinterp.cli", "depth", "--config", "tiny", "--chain-lengths", "48", "20"],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert "| DiffusionGemma | continuous | 48 |" in result.stdout and "28.6×" in result.stdout
+
+
+def test_a_top_k_chain_resets_under_the_interpretable_convention_by_hand():
+    """Hand count, V = 4 tokens, d = 2: a step reads its canvas embedding (depth 0) plus the soft
+    embedding of the previous signal, softmax(s) @ E, then projects: logits = (emb + softmax(s) @ E) @ W.
+    With a depth-0 signal: softmax over 4 = 2*2 + 3 = 7, @E (K = 4) = 1 + 2 -> 10, + emb -> 11,
+    @W (K = 2) = 1 + 1 -> 13. The first step has no signal: emb @ W = 2."""
+    from diffinterp.core.bottleneck import top_k_logits
+
+    g = torch.Generator().manual_seed(0)
+    emb, E, W = torch.randn(1, 2, generator=g), torch.randn(4, 2, generator=g), torch.randn(2, 4, generator=g)
+
+    def chain(interpretable: bool) -> list[int]:
+        depths = []
+        with DepthTracer() as tracer:
+            signal = None
+            for _ in range(4):
+                h = emb if signal is None else emb + signal.softmax(-1) @ E
+                logits = h @ W
+                depths.append(tracer.depth_of(logits))
+                signal = top_k_logits(logits, 2)
+                if interpretable:
+                    signal = tracer.mark_interpretable(signal, "top-2 tokens")
+        return depths
+
+    assert chain(interpretable=True) == [2, 13, 13, 13]
+    opaque = chain(interpretable=False)
+    assert opaque[0] == 2 and opaque[1] > 13  # the signal brings the top-k transform's own depth along
+    assert opaque[3] - opaque[2] == opaque[2] - opaque[1] > 0  # the chain runs on, by a fixed step
+
+
+def test_the_paper_bottleneck_is_counted_both_ways_on_a_model(tiny_meta_models):
+    from diffinterp.depth.accounting import diffusion_step_depths
+
+    diffusion, _ = tiny_meta_models
+    for mode in ("topk:8", "topp:0.03"):
+        interpretable = diffusion_step_depths(diffusion, 4, mode, interpretable_tokens=True).step_depths
+        opaque = diffusion_step_depths(diffusion, 4, mode, interpretable_tokens=False).step_depths
+        argmax = diffusion_step_depths(diffusion, 4, "argmax").step_depths
+        assert interpretable[1:] == [interpretable[1]] * 3  # reset every step, like a token
+        assert interpretable[1] >= argmax[1]  # the kept probabilities feed the soft embedding
+        assert opaque[3] > opaque[2] > opaque[1]  # no reset: the chain grows

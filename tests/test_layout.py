@@ -66,9 +66,9 @@ def test_the_acyclic_contract_catches_a_cycle_inside_a_layer(package_copy):
 
 def test_independent_siblings_may_not_import_each_other(package_copy):
     root, env = package_copy
-    append(root / "diffinterp/instruments/lens.py", "from diffinterp.organisms import tasks  # noqa: E402,F401")
+    append(root / "diffinterp/instruments/lens.py", "from diffinterp.organisms import task  # noqa: E402,F401")
     result = lint_imports(root, env)
-    assert result.returncode != 0 and "diffinterp.instruments.lens -> diffinterp.organisms.tasks" in result.stdout
+    assert result.returncode != 0 and "diffinterp.instruments.lens -> diffinterp.organisms.task" in result.stdout
 
 
 def test_the_public_api_is_where_the_design_says():
@@ -133,7 +133,7 @@ def test_an_external_study_runs_through_the_cli_with_the_shared_flags(tmp_path):
     listing = subprocess.run([*cli, "--help"], env=env, capture_output=True, text=True, timeout=300)
     assert listing.returncode == 0 and "acceptance" in listing.stdout and "diffinterp_acceptance" in listing.stdout
     out = tmp_path / "acceptance"
-    flags = ["--n", "6", "--seed", "3", "--tasks", "seq", "--steps", "5", "--bottleneck", "argmax"]
+    flags = ["--n", "6", "--seed", "3", "--tasks", "seq", "--max-denoising-steps", "5", "--bottleneck", "argmax"]
     result = subprocess.run([*cli, "acceptance", *flags, "--out", str(out)], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
@@ -149,7 +149,7 @@ def test_an_external_study_runs_through_the_cli_with_the_shared_flags(tmp_path):
     from diffinterp.organisms.evaluate import evaluate_task
     from diffinterp.studies import prompt_set
 
-    hm = di.load_model()
+    hm = di.load_model("toy4")
     expected = evaluate_task(hm, "seq", n=6, seed=3, bottleneck="argmax", max_denoising_steps=5)
     seq = metrics["per_task"]["seq"]
     assert seq["accuracy"]["value"] == pytest.approx(expected["accuracy"]) and seq["accuracy"]["n"] == 6

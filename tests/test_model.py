@@ -20,7 +20,9 @@ def saved(tmp_path_factory):
 
 def test_load_model_roundtrip(saved):
     hm = di.load_model(saved)
-    reference = di.tiny_model(di.tiny_config(vocab_size=64), seed=3)
+    from diffinterp.organisms.tokenizer import VOCAB_SIZE
+
+    reference = di.tiny_model(di.tiny_config(vocab_size=VOCAB_SIZE), seed=3)
     for (name, a), (_, b) in zip(hm.model.state_dict().items(), reference.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert hm.tokenizer is not None and hm.tokenizer.pad_token_id == 0

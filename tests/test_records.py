@@ -176,12 +176,10 @@ def test_truncated_and_mismatched_files_fail_clearly(recorded, tmp_path):
 def test_failed_write_leaves_no_file(recorded, tmp_path, monkeypatch):
     _, cache = recorded
 
-    def failing(tensors, filename, metadata=None):
-        with open(filename, "wb") as half:
-            half.write(b"partial")
+    def failing(fd):  # the header and the tensors are written, then the disk fills up
         raise OSError("disk full")
 
-    monkeypatch.setattr(serialization, "save_file", failing)
+    monkeypatch.setattr(serialization.os, "fsync", failing)
     with pytest.raises(OSError, match="disk full"):
         cache.save(tmp_path / "cache.safetensors")
     assert list(tmp_path.iterdir()) == []

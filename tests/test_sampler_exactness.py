@@ -96,7 +96,7 @@ def test_generate_matches_hf_with_max_length_and_generation_config(small):
     assert trajectory.steps_per_block == [4, 4]
 
 
-@pytest.mark.parametrize("mode", ["argmax", "topk:3", "sample", "none"])
+@pytest.mark.parametrize("mode", ["argmax", "topk:3", "topk:3:renorm", "topp:0.05", "sample", "none"])
 def test_bottleneck_steps_rerun_exactly(small, mode):
     model, hm = small
     input_ids, mask = make_prompts(96, 2, 4)
@@ -138,9 +138,21 @@ def test_bottleneck_signal_is_what_the_mode_says(small):
     expected = torch.nn.functional.one_hot(trajectory.steps[0][1].argmax, probabilities.shape[-1]).float()
     assert torch.equal(probabilities, expected)
     torch.manual_seed(0)
-    trajectory = hm.generate(input_ids, bottleneck="topk:4", max_new_tokens=8, max_denoising_steps=3)
+    trajectory = hm.generate(input_ids, bottleneck="topk:4:renorm", max_new_tokens=8, max_denoising_steps=3)
     signal = hm.step_inputs(trajectory, 0, 1)["self_conditioning_logits"]
     assert ((signal.float().softmax(-1) > 0).sum(-1) == 4).all()
+    # the paper's rule: the top 4 keep the continuous signal's probabilities, the rest share the remainder
+    torch.manual_seed(0)
+    continuous = hm.generate(input_ids, record_logits=True, max_new_tokens=8, max_denoising_steps=3)
+    torch.manual_seed(0)
+    trajectory = hm.generate(input_ids, bottleneck="topk:4", max_new_tokens=8, max_denoising_steps=3)
+    signal = hm.step_inputs(trajectory, 0, 1)["self_conditioning_logits"].float().softmax(-1)
+    own = hm.step_inputs(continuous, 0, 1)["self_conditioning_logits"].float().softmax(-1)  # step 0's signal
+    top, index = own.topk(4, dim=-1)
+    assert torch.allclose(signal.gather(-1, index), top, atol=1e-6)
+    others = torch.ones_like(signal, dtype=torch.bool).scatter_(-1, index, False)
+    expected_rest = ((1 - top.sum(-1, keepdim=True)) / (own.shape[-1] - 4)).expand_as(signal)
+    assert torch.allclose(signal[others], expected_rest[others], atol=1e-6)
     torch.manual_seed(0)
     trajectory = hm.generate(input_ids, bottleneck="none", max_new_tokens=8, max_denoising_steps=3)
     assert hm.step_inputs(trajectory, 0, 2)["self_conditioning_logits"] is None
@@ -149,7 +161,7 @@ def test_bottleneck_signal_is_what_the_mode_says(small):
 def test_bottleneck_rejects_unknown_modes(small):
     _, hm = small
     input_ids, _ = make_prompts(96, 1, 3)
-    with pytest.raises(ValueError, match="valid modes: continuous, argmax, topk:K, sample, none"):
+    with pytest.raises(ValueError, match="valid modes: continuous, argmax, topk:K, topk:K:renorm, topp:P"):
         hm.generate(input_ids, bottleneck="hard")
     with pytest.raises(ValueError, match="positive integer"):
         hm.generate(input_ids, bottleneck="topk:0")

@@ -103,7 +103,7 @@ def test_run_prompt_set_matches_eval_accuracy_and_plain_generate():
     """Chunks are seeded like ``diffinterp eval``; each chunk equals a plain seeded generate."""
     from diffinterp.organisms.evaluate import evaluate_task
 
-    hm = di.load_model()
+    hm = di.load_model("toy4")
     ps = studies.prompt_set(hm, "seq", 12)
     batches = list(studies.run_prompt_set(hm, ps, batch_size=5))
     assert [b.rows for b in batches] == [list(range(0, 5)), list(range(5, 10)), [10, 11]]
@@ -116,7 +116,7 @@ def test_run_prompt_set_matches_eval_accuracy_and_plain_generate():
 
 
 def test_rerun_kwargs_replay_the_same_draws():
-    hm = di.load_model()
+    hm = di.load_model("toy4")
     ps = studies.prompt_set(hm, "arith", 3)
     (batch,) = studies.run_prompt_set(hm, ps, seed=11)
     torch.manual_seed(999)  # a different global state: the replay must not depend on it

@@ -10,12 +10,15 @@ import shutil
 import pytest
 import torch
 
-from diffinterp.organisms import tasks as T
+from diffinterp.organisms import catalog
 from diffinterp.organisms.batches import canvas_batch, prompt_batch
 from diffinterp.organisms.evaluate import evaluate_task
+from diffinterp.organisms.families import toy4
+from diffinterp.organisms.task import Example, is_test_prompt
 from diffinterp.organisms.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
 from diffinterp.organisms.train import TrainConfig, corrupt, train_losses
 from diffinterp.organisms.twin import bundled_ar_path, bundled_diffusion_path, load_ar_baseline
+from diffinterp.stats import wilson_interval
 
 SAMPLE_N = 32  # held-out examples per task in the bundled-accuracy checks
 
@@ -32,47 +35,47 @@ def test_tokenizer_round_trips_through_autotokenizer(tmp_path):
     assert tok.convert_ids_to_tokens(ids)[1:] == "arith a = 3 b = a + 1 4 ? b".split()
 
 
-@pytest.mark.parametrize("task", T.TASKS)
+@pytest.mark.parametrize("task", toy4.TASKS)
 def test_generators_are_seeded_and_the_test_split_is_disjoint(task):
-    a = [T.sample(task, random.Random(7)) for _ in range(3)]
-    b = [T.sample(task, random.Random(7)) for _ in range(3)]
+    a = [catalog.task(task).sample(random.Random(7)) for _ in range(3)]
+    b = [catalog.task(task).sample(random.Random(7)) for _ in range(3)]
     assert a == b
-    train = {T.sample(task, random.Random(1)).prompt for _ in range(300)}
-    test = {e.prompt for e in T.test_set(task, 100)}
+    train = {catalog.task(task).sample(random.Random(1)).prompt for _ in range(300)}
+    test = {e.prompt for e in catalog.task(task).test_set(100)}
     assert len(test) == 100 and not train & test
-    assert all(T.is_test_prompt(p) for p in test) and not any(T.is_test_prompt(p) for p in train)
+    assert all(is_test_prompt(p) for p in test) and not any(is_test_prompt(p) for p in train)
 
 
 def test_task_semantics_and_exact_match():
     rng = random.Random(3)
     for _ in range(50):
-        ex = T.sample("arith", rng)
+        ex = catalog.task("arith").sample(rng)
         env = {}
         for stmt in ex.prompt.split()[1:-2]:
             name, expr = stmt.split("=")
             env[name] = eval(expr, {}, dict(env))  # noqa: S307 - our own generated text
         assert ex.answer.endswith(f"= {env[ex.prompt.split()[-1]]}")
-    mon = T.Example("mon", "mon 7 1 2", "rev 2 1 7")
-    assert T.hidden_property(mon) == "rev"
-    assert T.exact_match("rev 2 1 7", mon) and T.exact_match("rev  2 1 7", mon)
-    assert not T.exact_match("rev 2 1", mon)
-    lo, hi = T.wilson_interval(90, 100)
+    mon = Example("mon", "mon 7 1 2", "rev 2 1 7")
+    assert toy4.hidden_property(mon) == "rev"
+    assert catalog.task("mon").accepts("rev 2 1 7", mon) and catalog.task("mon").accepts("rev  2 1 7", mon)
+    assert not catalog.task("mon").accepts("rev 2 1", mon)
+    lo, hi = wilson_interval(90, 100)
     assert lo < 0.9 < hi and 0.8 < lo and hi < 0.96
 
 
 def test_case_of_reads_the_sub_case_from_the_prompt():
     # hand-built examples: chain length, hop count (distractor use excluded), seq op/length, mon rule
-    assert T.case_of(T.Example("arith", "arith a=3 b=a+4 c=b*2 ? c", "b=7 c=14 = 14")) == "2 steps"
-    assert T.case_of(T.Example("hop", "hop x=5 q=7 m=x k=q t=m ? t", "5")) == "2 hops, answer first"
-    assert T.case_of(T.Example("hop", "hop j=8 r=j w=r k=w y=1 t=y ? k", "8")) == "3 hops, answer first"
-    assert T.case_of(T.Example("hop", "hop q=7 x=5 m=x k=q t=m ? t", "5")) == "2 hops, distractor first"
-    assert T.case_of(T.Example("seq", "seq rev 3 1 4 1", "1 4 1 3")) == "rev 4"
-    assert T.case_of(T.Example("mon", "mon 7 1 2", "rev 2 1 7")) == "rule rev"
+    assert toy4.case_of(Example("arith", "arith a=3 b=a+4 c=b*2 ? c", "b=7 c=14 = 14")) == "2 steps"
+    assert toy4.case_of(Example("hop", "hop x=5 q=7 m=x k=q t=m ? t", "5")) == "2 hops, answer first"
+    assert toy4.case_of(Example("hop", "hop j=8 r=j w=r k=w y=1 t=y ? k", "8")) == "3 hops, answer first"
+    assert toy4.case_of(Example("hop", "hop q=7 x=5 m=x k=q t=m ? t", "5")) == "2 hops, distractor first"
+    assert toy4.case_of(Example("seq", "seq rev 3 1 4 1", "1 4 1 3")) == "rev 4"
+    assert toy4.case_of(Example("mon", "mon 7 1 2", "rev 2 1 7")) == "rule rev"
     # the generator's own hop count agrees with the label on generated examples
     rng = random.Random(0)
     for _ in range(30):
-        ex = T.sample("hop", rng)
-        n_hops = int(T.case_of(ex).split()[0])
+        ex = catalog.task("hop").sample(rng)
+        n_hops = int(toy4.case_of(ex).split()[0])
         assert 2 <= n_hops <= 4 and len(ex.prompt.split()) == 1 + (n_hops + 1) + 2 + 2
 
 
@@ -110,18 +113,18 @@ def _tolerance(p: float, n: int) -> float:
 def hooked_diffusion():
     from diffinterp.core.loading import load_model
 
-    return load_model(bundled_diffusion_path())
+    return load_model(bundled_diffusion_path("toy4"))
 
 
 @pytest.fixture(scope="module")
 def ar_baseline():
-    return load_ar_baseline()
+    return load_ar_baseline("toy4")
 
 
 def test_bundled_folders_are_small_hf_folders():
     from transformers import AutoTokenizer
 
-    for folder in (bundled_diffusion_path(), bundled_ar_path()):
+    for folder in (bundled_diffusion_path("toy4"), bundled_ar_path("toy4")):
         names = {p.name for p in folder.iterdir()}
         assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= names
         assert sum(p.stat().st_size for p in folder.iterdir()) < 25 * 2**20
@@ -130,25 +133,27 @@ def test_bundled_folders_are_small_hf_folders():
 
 def test_default_loaders_load_the_bundled_models():
     import diffinterp as di
+    from diffinterp.core.loading import DEFAULT_MODEL
 
     hm = di.load_model()
     assert type(hm.model).__name__ == "DiffusionGemmaForBlockDiffusion"
-    assert hm.model.config.canvas_length == 16
+    assert hm.model.config.canvas_length == catalog.organism(DEFAULT_MODEL).canvas_length
+    assert hm.metadata["organism"] == DEFAULT_MODEL
     model, tokenizer = di.load_ar_baseline()
     assert type(model).__name__ == "Gemma4ForCausalLM" and tokenizer.pad_token_id == PAD_ID
 
 
-@pytest.mark.parametrize("task", T.TASKS)
+@pytest.mark.parametrize("task", toy4.TASKS)
 def test_bundled_diffusion_accuracy_matches_the_documented_figure(hooked_diffusion, task):
-    doc = _documented(bundled_diffusion_path())["tasks"][task]["accuracy"]
+    doc = _documented(bundled_diffusion_path("toy4"))["tasks"][task]["accuracy"]
     res = evaluate_task(hooked_diffusion, task, n=SAMPLE_N, batch_size=SAMPLE_N)
     assert abs(res["accuracy"] - doc) <= _tolerance(doc, SAMPLE_N), (res["accuracy"], doc, res["failures"])
     assert 1 <= res["mean_steps_per_canvas"] <= hooked_diffusion.model.generation_config.max_denoising_steps
 
 
-@pytest.mark.parametrize("task", T.TASKS)
+@pytest.mark.parametrize("task", toy4.TASKS)
 def test_bundled_ar_accuracy_matches_the_documented_figure(ar_baseline, task):
-    doc = _documented(bundled_ar_path())["tasks"][task]["accuracy"]
+    doc = _documented(bundled_ar_path("toy4"))["tasks"][task]["accuracy"]
     res = evaluate_task(ar_baseline.model, task, n=SAMPLE_N, batch_size=SAMPLE_N, model_kind="ar")
     assert abs(res["accuracy"] - doc) <= _tolerance(doc, SAMPLE_N), (res["accuracy"], doc, res["failures"])
 
@@ -156,14 +161,14 @@ def test_bundled_ar_accuracy_matches_the_documented_figure(ar_baseline, task):
 def test_predict_takes_the_ar_wrapper_or_its_model(ar_baseline):
     from diffinterp.organisms.evaluate import predict
 
-    prompts = [e.prompt for e in T.test_set("arith", 3)]
+    prompts = [e.prompt for e in catalog.task("arith").test_set(3)]
     assert predict(ar_baseline, prompts, model_kind="ar") == predict(ar_baseline.model, prompts, model_kind="ar")
     with pytest.raises(ValueError, match="model_kind='ar'"):
         predict(ar_baseline, prompts)
 
 
 def test_hooked_generate_matches_hf_generate_on_the_bundled_model(hooked_diffusion):
-    ids, mask = prompt_batch([e.prompt for e in T.test_set("arith", 4)])
+    ids, mask = prompt_batch([e.prompt for e in catalog.task("arith").test_set(4)])
     torch.manual_seed(0)
     ours = hooked_diffusion.generate(ids, attention_mask=mask).sequences
     torch.manual_seed(0)
@@ -180,21 +185,21 @@ def _copy(src, dst):
 def test_corrupted_folders_fail_with_clear_errors(tmp_path):
     from diffinterp.core.loading import load_model
 
-    bad_json = _copy(bundled_diffusion_path(), tmp_path / "bad_json")
+    bad_json = _copy(bundled_diffusion_path("toy4"), tmp_path / "bad_json")
     (bad_json / "config.json").write_text('{"model_type": "diffusion_gemma", ')
     with pytest.raises(ValueError, match="corrupted"):
         load_model(bad_json)
-    truncated = _copy(bundled_diffusion_path(), tmp_path / "truncated")
+    truncated = _copy(bundled_diffusion_path("toy4"), tmp_path / "truncated")
     weights = truncated / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:4096])
     with pytest.raises(ValueError, match="could not load"):
         load_model(truncated)
-    ar_truncated = _copy(bundled_ar_path(), tmp_path / "ar_truncated")
+    ar_truncated = _copy(bundled_ar_path("toy4"), tmp_path / "ar_truncated")
     weights = ar_truncated / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:4096])
     with pytest.raises(ValueError, match="could not load"):
         load_ar_baseline(ar_truncated)
-    no_weights = _copy(bundled_ar_path(), tmp_path / "no_weights")
+    no_weights = _copy(bundled_ar_path("toy4"), tmp_path / "no_weights")
     (no_weights / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="safetensors"):
         load_ar_baseline(no_weights)
@@ -204,9 +209,9 @@ def test_folders_of_the_other_architecture_are_refused():
     from diffinterp.core.loading import load_model
 
     with pytest.raises(ValueError, match="gemma4_text"):
-        load_model(bundled_ar_path())
+        load_model(bundled_ar_path("toy4"))
     with pytest.raises(ValueError, match="diffusion_gemma"):
-        load_ar_baseline(bundled_diffusion_path())
+        load_ar_baseline(bundled_diffusion_path("toy4"))
 
 
 def test_eval_command_prints_json(capsys):

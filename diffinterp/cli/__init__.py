@@ -5,7 +5,7 @@ diffinterp hooks [--config real|tiny|PATH] [--batch B] [--prompt-len T] [--block
 diffinterp run --prompt TEXT --cache NAMES --out FILE [--model PATH] [--trajectory FILE]
 diffinterp lens [--prompt TEXT] [--positions 0-7] [--out DIR]
 diffinterp patch --clean TEXT --corrupt TEXT [--sweep step-layer|step-position|path] [--metric logit-diff|prob|exact]
-diffinterp depth [--config real|tiny|PATH] [--steps N ...]
+diffinterp depth [--config real|tiny|PATH] [--chain-lengths N ...]
 diffinterp case-study NAME [--n N] [--quick] [--out DIR]
 diffinterp train --model diffusion|ar --out DIR / diffinterp eval --task all
 
@@ -16,6 +16,7 @@ transformers) happen inside the commands, so building the parser stays cheap.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from diffinterp.cli import generate, instruments, organisms, structure, studies
@@ -28,16 +29,30 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for group in COMMAND_GROUPS:
         group.register(commands)
+    parser.set_defaults(_commands=commands)
     return parser
 
 
+#: The errors a command reports as ``diffinterp CMD: error: ...`` (exit 2) instead of a traceback: bad
+#: values, missing or unreadable files, refused runs (memory, concurrent use), interrupted reads.
+USER_ERRORS = (ValueError, KeyError, TypeError, IndexError, OSError, MemoryError, RuntimeError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches for the network: local folders only
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the subcommand's parser, so the error names the command like every other one
+        args._commands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        print(f"diffinterp {args.command}: error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"diffinterp {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"diffinterp {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffinterp.cli.options import add_generation_args, decode_text, default_prompt, generation_kwargs, prompt_ids
+from diffinterp.cli.options import (
+    add_generation_args,
+    decode_text,
+    default_prompt,
+    distinct_outputs,
+    generation_kwargs,
+    prompt_ids,
+)
 
 
 def register(commands) -> None:
@@ -34,32 +41,31 @@ def cmd_demo(args) -> int:
 
     from diffinterp.core.loading import load_model
     from diffinterp.figures.canvas import canvas_evolution, entropy_heatmap
-    from diffinterp.records.files import save_figure
+    from diffinterp.records.files import atomic_folder, save_figure
 
     hm = load_model(args.model)
     input_ids, attention_mask = prompt_ids(hm, args.prompt, args.model)
     torch.manual_seed(args.seed)
     trajectory = hm.generate(input_ids, attention_mask=attention_mask, progress=True, **generation_kwargs(args))
-    print(f"prompt: {args.prompt or default_prompt(hm, args.model)}")
+    print(f"prompt: {args.prompt if args.prompt is not None else default_prompt(hm, args.model)}")
     for record in trajectory.blocks:
         print(f"block {record.block} ({record.n_steps} steps)")
         for step in record.steps:
             print(f"  step {step.step:3d}  T={step.temperature:.3f}  {decode_text(hm, step.argmax[0])}")
     print(f"output: {decode_text(hm, trajectory.new_tokens()[0])}")
     out = Path(args.out)
-    written = []
-    for record in trajectory.blocks:
-        written += save_figure(
-            canvas_evolution(trajectory, record.block, 0, hm.tokenizer), out / f"canvas_evolution_block{record.block}"
-        )
-        written += save_figure(
-            entropy_heatmap(trajectory, record.block, 0), out / f"entropy_heatmap_block{record.block}"
-        )
-    trajectory.save(out / "trajectory.safetensors")
-    print("wrote " + ", ".join(str(p) for p in written + [out / "trajectory.safetensors"]))
-    if not args.no_studies:
-        report = run_demo_studies(hm, out, seed=args.seed)
-        print(f"report: {report}")
+    with atomic_folder(out) as folder:  # the whole folder appears at the end: nothing of an earlier run stays
+        written = []
+        for record in trajectory.blocks:
+            name = f"block{record.block}"
+            fig = canvas_evolution(trajectory, record.block, 0, hm.tokenizer)
+            written += save_figure(fig, folder / f"canvas_evolution_{name}")
+            written += save_figure(entropy_heatmap(trajectory, record.block, 0), folder / f"entropy_heatmap_{name}")
+        trajectory.save(folder / "trajectory.safetensors")
+        written.append(folder / "trajectory.safetensors")
+        if not args.no_studies:
+            written.append(run_demo_studies(None if args.model is None else hm, folder, seed=args.seed))
+    print("wrote " + ", ".join(str(out / p.relative_to(folder)) for p in written))
     return 0
 
 
@@ -67,7 +73,10 @@ DEMO_STUDIES = ("non-chronological", "smearing", "intermediate-context", "monito
 
 
 def run_demo_studies(hm, out: Path, *, seed: int = 0) -> Path:
-    """The quick version of each algorithmic-transparency study into ``out/NAME``; a one-page report."""
+    """The quick version of each algorithmic-transparency study into ``out/NAME``; a one-page report.
+
+    ``hm`` ``None``: each study runs on its own organism(s); a model: every study runs on it.
+    """
     import time
 
     import torch
@@ -101,24 +110,32 @@ def cmd_run(args) -> int:
 
     from diffinterp.core.loading import load_model
 
+    trajectory_path = (
+        Path(args.trajectory) if args.trajectory else Path(args.out).with_suffix(".trajectory.safetensors")
+    )
+    distinct_outputs(Path(args.out), trajectory_path)
+    names = [name.strip() for name in args.cache.split(",") if name.strip()]
+    if not names:
+        raise ValueError(f"--cache names no hook ({args.cache!r}): give hook names or globs, comma-separated")
+    steps = None
+    if args.cache_steps is not None:
+        try:
+            steps = [int(s) for s in args.cache_steps.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"--cache-steps takes comma-separated step numbers, got {args.cache_steps!r}") from None
     hm = load_model(args.model)
     input_ids, attention_mask = prompt_ids(hm, args.prompt)
-    names = [name.strip() for name in args.cache.split(",") if name.strip()]
     torch.manual_seed(args.seed)
-    steps = None if args.cache_steps is None else [int(s) for s in args.cache_steps.split(",")]
     trajectory, cache = hm.run_with_cache(
         input_ids,
         names_filter=names,
         steps=steps,
         attention_mask=attention_mask,
-        max_bytes=args.max_bytes,
+        max_bytes=args.max_bytes if args.max_bytes is not None else "auto",
         progress=True,
         **generation_kwargs(args),
     )
     cache.save(args.out)
-    trajectory_path = (
-        Path(args.trajectory) if args.trajectory else Path(args.out).with_suffix(".trajectory.safetensors")
-    )
     trajectory.save(trajectory_path)
     print(f"output: {decode_text(hm, trajectory.new_tokens()[0])}")
     print(f"{cache} -> {args.out}; trajectory -> {trajectory_path}")

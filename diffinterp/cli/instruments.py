@@ -48,9 +48,10 @@ def cmd_lens(args) -> int:
     from diffinterp.figures import instruments as ip
     from diffinterp.figures.canvas import token_labels
     from diffinterp.instruments.lens import first_prediction, settle_steps, target_lens
-    from diffinterp.records.files import save_figure
+    from diffinterp.records.files import atomic_folder, save_figure
 
     hm = load_model(args.model)
+    positions = parse_positions(args.positions, hm.config.canvas_length)  # checked before the run
     input_ids, attention_mask = prompt_ids(hm, args.prompt, args.model)
     torch.manual_seed(args.seed)
     trajectory, cache = hm.run_with_cache(
@@ -60,12 +61,6 @@ def cmd_lens(args) -> int:
     final = trajectory.block(0).final_canvas
     lens = target_lens(hm, cache, final)  # full-vocabulary argmax, no [steps, layers, pos, vocab] tensor
     first, settle = first_prediction(lens, final), settle_steps(trajectory)
-    positions = parse_positions(args.positions, final.shape[1])
-    out = Path(args.out)
-    written = save_figure(
-        ip.logit_lens_grid(lens, final, positions=positions, tokenizer=hm.tokenizer), out / "logit_lens"
-    )
-    written += save_figure(ip.commit_order(trajectory, tokenizer=hm.tokenizer, first=first), out / "commit_order")
     tokens = token_labels(final[0].tolist(), hm.tokenizer)
     rows = [
         {"position": p, "token": tokens[p], "settle_step": int(settle[0, p]),
@@ -77,10 +72,18 @@ def cmd_lens(args) -> int:
     for row in rows:
         print(f"{row['position']:8d}  {row['token']:<9}  {row['settle_step']:15d}  "
               f"({row['lens_first_step']}, {row['lens_first_layer']})")  # fmt: skip
-    summary = {"prompt": args.prompt or default_prompt(hm, args.model), "steps": trajectory.block(0).n_steps,
-               "layers": lens.layers, "positions": rows}  # fmt: skip
-    (out / "lens.json").write_text(json.dumps(summary, indent=2))
-    print("wrote " + ", ".join(str(p) for p in written + [out / "lens.json"]))
+    summary = {"prompt": args.prompt if args.prompt is not None else default_prompt(hm, args.model),
+               "steps": trajectory.block(0).n_steps, "layers": lens.layers, "positions": rows}  # fmt: skip
+    out = Path(args.out)
+    with atomic_folder(out) as folder:  # the folder appears whole, with nothing of an earlier run in it
+        grid = ip.logit_lens_grid(lens, final, positions=positions, tokenizer=hm.tokenizer)
+        written = save_figure(grid, folder / "logit_lens")
+        written += save_figure(
+            ip.commit_order(trajectory, tokenizer=hm.tokenizer, first=first), folder / "commit_order"
+        )
+        (folder / "lens.json").write_text(json.dumps(summary, indent=2))
+        written.append(folder / "lens.json")
+    print("wrote " + ", ".join(str(out / p.relative_to(folder)) for p in written))
     return 0
 
 
@@ -94,7 +97,7 @@ def cmd_patch(args) -> int:
     from diffinterp.figures import instruments as ip
     from diffinterp.instruments import patching as pt
     from diffinterp.records.decoding import special_ids
-    from diffinterp.records.files import save_figure
+    from diffinterp.records.files import atomic_folder, save_figure
 
     hm = load_model(args.model)
     layer = hm.text_config.num_hidden_layers // 2 if args.layer is None else args.layer
@@ -104,7 +107,7 @@ def cmd_patch(args) -> int:
         # Adaptive stopping would let a patched run stop at another step than the clean one (or run
         # on past the patch), so by default every run takes all its steps: the stability check can
         # never pass when it needs as many stable steps as there are steps.
-        gen["stability_threshold"] = args.steps or hm.model.generation_config.max_denoising_steps or 48
+        gen["stability_threshold"] = args.max_denoising_steps or hm.model.generation_config.max_denoising_steps or 48
     clean, cache, corrupt, _ = pt.coupled_runs(
         hm, [args.clean], [args.corrupt], names, seed=args.seed, blocks=[0], **gen
     )
@@ -132,8 +135,6 @@ def cmd_patch(args) -> int:
         mode = "chain" if args.mode == "chain" else "free"
         result = pt.path_patching(hm, clean, corrupt, metric, clean_cache=cache, mode=mode)
         fig = ip.path_patching_plot(result)
-    out = Path(args.out)
-    written = save_figure(fig, out / f"patching_{args.sweep}")
     restored = result.mean(normalised=True)
     print(f"clean:     {decode_text(hm, clean.new_tokens()[0])}")
     print(f"corrupted: {decode_text(hm, corrupt.new_tokens()[0])}")
@@ -147,6 +148,10 @@ def cmd_patch(args) -> int:
         "clean_value": float(result.clean.mean()), "corrupt_value": float(result.corrupt.mean()),
         "axes": {k: list(v) for k, v in result.axes.items()}, "restored_fraction": restored.tolist(),
     }  # fmt: skip
-    (out / "patching.json").write_text(json.dumps(summary, indent=2, default=str))
-    print("wrote " + ", ".join(str(p) for p in written + [out / "patching.json"]))
+    out = Path(args.out)
+    with atomic_folder(out) as folder:  # the folder appears whole, with nothing of an earlier run in it
+        written = save_figure(fig, folder / f"patching_{args.sweep}")
+        (folder / "patching.json").write_text(json.dumps(summary, indent=2, default=str))
+        written.append(folder / "patching.json")
+    print("wrote " + ", ".join(str(out / p.relative_to(folder)) for p in written))
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from diffinterp.cli.options import add_sampler_args, sampler_kwargs
+
 
 def register(commands) -> None:
     from diffinterp.studies.registry import available_studies
@@ -21,7 +23,9 @@ def register(commands) -> None:
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
     )
     study.add_argument("name", choices=list(entries), metavar="NAME", help="a registered case study (listed below)")
-    study.add_argument("--model", default=None, help="HF DiffusionGemma folder (default: the bundled checkpoint)")
+    study.add_argument(
+        "--model", default=None, help="a bundled organism or a DiffusionGemma folder (default: the study's organisms)"
+    )
     study.add_argument("--n", type=int, default=100, help="examples per task")
     study.add_argument("--out", default=None, help="output folder (default: out/NAME)")
     study.add_argument("--seed", type=int, default=0)
@@ -29,10 +33,7 @@ def register(commands) -> None:
     study.add_argument(
         "--tasks", default=None, help="comma-separated tasks, e.g. arith,hop (studies that take several)"
     )
-    study.add_argument(
-        "--bottleneck", default=None, help="self-conditioning: continuous | argmax | topk:K | sample | none"
-    )
-    study.add_argument("--steps", type=int, default=None, help="max denoising steps per canvas")
+    add_sampler_args(study, bottleneck_default=None)
     study.set_defaults(func=cmd_case_study)
 
 
@@ -48,13 +49,18 @@ def study_options(run, args) -> dict:
         if "tasks" not in parameters:
             raise ValueError(f"case study '{args.name}' has a fixed task; drop --tasks")
         options["tasks"] = tuple(task.strip() for task in args.tasks.split(",") if task.strip())
-    generation = {"bottleneck": args.bottleneck, "max_denoising_steps": args.steps}
-    for key, value in generation.items():
-        if value is None:
-            continue
-        if not takes_gen:
-            raise ValueError(f"case study '{args.name}' sets its own generation arguments; drop --{key.split('_')[-1]}")
-        options[key] = value
+        if not options["tasks"]:
+            raise ValueError(f"--tasks names no task ({args.tasks!r}): give task names, comma-separated")
+        from diffinterp.organisms.catalog import TASKS
+
+        unknown = [t for t in options["tasks"] if t not in TASKS and t != "random"]
+        if unknown:
+            raise ValueError(f"unknown task {unknown[0]!r} in --tasks; tasks: {', '.join(TASKS)}, random")
+    generation = sampler_kwargs(args)
+    if generation and not takes_gen:
+        flags = ", ".join(sorted(f"--{k.replace('_', '-')}" for k in generation))
+        raise ValueError(f"case study '{args.name}' sets its own generation arguments; drop {flags}")
+    options.update(generation)
     return options
 
 
@@ -67,11 +73,14 @@ def cmd_case_study(args) -> int:
     from diffinterp.core.loading import load_model
     from diffinterp.studies.registry import load_study
 
+    if args.n < 1:
+        raise ValueError(f"--n must be at least 1, got {args.n}")
     study = load_study(args.name)
     options = study_options(study.run, args)
     out = args.out or f"out/{args.name.replace('-', '_')}"
     torch.manual_seed(args.seed)
-    metrics = study.run(load_model(args.model), n=args.n, out_dir=out, seed=args.seed, quick=args.quick, **options)
+    model = load_model(args.model) if args.model is not None else None  # None: the study's own organism(s)
+    metrics = study.run(model, n=args.n, out_dir=out, seed=args.seed, quick=args.quick, **options)
     summary = metrics.get("summary", {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))})
     print(json.dumps(summary, indent=2, default=str))
     print(f"wrote {out}/metrics.json and figures")

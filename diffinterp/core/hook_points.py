@@ -22,8 +22,10 @@ newly encoded tokens for the encoder, ``kv`` the attended keys: cached prefix + 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -38,16 +40,106 @@ HOOKED_EAGER = "diffinterp_eager"
 _PATTERN_ATTR = "_diffinterp_pattern_hook"
 
 
+class ConcurrentUseError(RuntimeError):
+    """A model used from two threads at once (their hooks and run context would mix)."""
+
+
+class ReentrantRunError(RuntimeError):
+    """The model called from inside one of its own hooks while a run is in progress."""
+
+
 @dataclass
 class RunContext:
     """Where a run is: set by the sampler before each forward pass, read by hook points.
 
     ``step`` is None for encoder passes (they run once per block, not per denoising step).
+    ``running``: a run (generate, a step re-run) is in progress; ``firing``: the hook point whose
+    user hooks are running now; ``suppressed``: user hooks are skipped (internal replays of recorded
+    steps, which must not be cached or edited). ``owner`` / ``claims``: the thread using the model
+    (hooks attached, or a run in progress) and how many nested claims it holds.
     """
 
     stack: str | None = None
     block: int | None = None
     step: int | None = None
+    running: str | None = None
+    firing: str | None = None
+    suppressed: bool = False
+    owner: int | None = None
+    claims: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    pending: list = field(default_factory=list, repr=False, compare=False)
+
+    def defer_finite_check(self, name: str, tensor: torch.Tensor) -> None:
+        """Queue a check that a hook's replacement is finite, as a device flag (no host sync inside
+        the hook); :meth:`raise_if_nonfinite` reads the flags once per forward pass."""
+        self.pending.append((name, self.step, self.block, torch.isfinite(tensor).all()))
+        if len(self.pending) > 4096:  # a caller that never reads them: read them now
+            self.raise_if_nonfinite()
+
+    def raise_if_nonfinite(self) -> None:
+        """Raise naming the first hook whose replacement held NaN or inf since the last call."""
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+        flags = torch.stack([flag.to("cpu") for *_, flag in pending])
+        if bool(flags.all()):
+            return
+        name, step, block, _ = pending[int((~flags).nonzero()[0])]
+        where = f" at step {step}, block {block}" if step is not None else f" (block {block})"
+        raise ValueError(
+            f"hook on '{name}'{where} returned non-finite values (NaN or inf): the sampler cannot draw from them; "
+            "check the replacement the hook computes"
+        )
+
+    @contextmanager
+    def claim(self) -> Iterator[None]:
+        """Hold the model for the current thread (nested claims by the same thread are fine); a claim
+        from another thread raises :class:`ConcurrentUseError` at once instead of mixing runs."""
+        me = threading.get_ident()
+        with self.lock:
+            if self.owner not in (None, me):
+                raise ConcurrentUseError(
+                    "this HookedDiffusionGemma is in use by another thread (a run or attached hooks): its hooks "
+                    "and run context would mix the two runs. Give each thread its own model (copy.deepcopy(hm)) "
+                    "or run them one after another."
+                )
+            self.owner, self.claims = me, self.claims + 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.claims -= 1
+                if self.claims == 0:
+                    self.owner = None
+
+    @contextmanager
+    def run(self, what: str) -> Iterator[None]:
+        """Mark a run in progress (``what``: its name); a run started while one is in progress raises
+        :class:`ReentrantRunError` naming the hook that started it. The context is restored after."""
+        if self.running is not None:
+            inside = f" from a hook on '{self.firing}'" if self.firing else ""
+            raise ReentrantRunError(
+                f"{what} was called{inside} while a {self.running} is in progress: the inner run would replace "
+                "the outer run's step context and write into its caches. Compute what the hook needs before the "
+                "run (e.g. a trajectory's step_inputs) or after it."
+            )
+        saved = (self.stack, self.block, self.step)
+        self.running = what
+        try:
+            yield
+        finally:
+            self.running = None
+            self.stack, self.block, self.step = saved
+
+    @contextmanager
+    def quiet(self) -> Iterator[None]:
+        """Skip user hooks for the body (internal forward passes that replay recorded steps)."""
+        saved, self.suppressed = self.suppressed, True
+        try:
+            yield
+        finally:
+            self.suppressed = saved
 
 
 class StepHookPoint(HookPoint):
@@ -131,12 +223,27 @@ def check_replacement(hook_point: HookPoint, original: torch.Tensor, new: Any) -
         new = new.to(original.dtype)
     if new.device != original.device:
         new = new.to(original.device)
+    if new.is_floating_point():
+        context = getattr(hook_point, "_context", None)
+        if context is not None and context.running is not None:
+            context.defer_finite_check(hook_point.name, new)
+        elif not bool(torch.isfinite(new).all()):
+            raise ValueError(f"hook on '{hook_point.name}' returned non-finite values (NaN or inf)")
     return new
 
 
 def _fire(hook_point: HookPoint, activation: torch.Tensor) -> torch.Tensor | None:
     """Run the hook point's user hooks; the validated replacement, or None if unchanged."""
-    result = hook_point(activation)
+    context = getattr(hook_point, "_context", None)
+    if context is not None and context.suppressed:
+        return None
+    if context is not None:
+        outer, context.firing = context.firing, hook_point.name
+    try:
+        result = hook_point(activation)
+    finally:
+        if context is not None:
+            context.firing = outer
     if result is activation:
         return None
     return check_replacement(hook_point, activation, result)
@@ -215,6 +322,14 @@ def router_adapter(layer: nn.Module, router: nn.Module, output_index: int):
             new = _fire(hook_point, flat.view(batch, pos, flat.shape[-1]))
             if new is None:
                 return None
+            if output_index == 2:  # expert ids index the experts' weights: an id past them is no expert
+                experts = output[0].shape[-1]  # the router's probabilities cover every expert
+                low, high = int(new.min()), int(new.max())
+                if low < 0 or high >= experts:
+                    raise ValueError(
+                        f"hook on '{hook_point.name}' wrote expert id {low if low < 0 else high}; this layer has "
+                        f"experts 0..{experts - 1}"
+                    )
             parts = list(output)
             parts[output_index] = new.reshape(flat.shape)
             return tuple(parts)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +31,8 @@ from transformers import DiffusionGemmaForBlockDiffusion
 
 from diffinterp.core import hook_points as hp
 from diffinterp.core.hook_shapes import hook_shape
+from diffinterp.core.inputs import as_dtype, check_positions
+from diffinterp.core.memory import budget
 from diffinterp.core.replay import restore_runtime, step_inputs
 from diffinterp.core.sampler import resolve_run_limits, sample
 from diffinterp.records.cache import DenoisingCache, caching_hooks
@@ -124,7 +127,7 @@ class HookedDiffusionGemma(HookedRootModule):
     With no user hooks, no torch hook is attached to any HF module.
     """
 
-    def __init__(self, model: DiffusionGemmaForBlockDiffusion, tokenizer=None):
+    def __init__(self, model: DiffusionGemmaForBlockDiffusion, tokenizer=None, metadata: dict | None = None):
         super().__init__()
         if not isinstance(model, DiffusionGemmaForBlockDiffusion):
             raise TypeError(
@@ -132,6 +135,7 @@ class HookedDiffusionGemma(HookedRootModule):
             )
         self.model = model
         self.tokenizer = tokenizer
+        self.metadata = dict(metadata or {})  # the checkpoint's diffinterp.json (organism, tasks), if any
         self.context = hp.RunContext()
         self._original_attn_implementation: str | None = None
         self._pattern_hooks_attached = 0
@@ -327,7 +331,10 @@ class HookedDiffusionGemma(HookedRootModule):
         bwd = [(name, targeted(fn, target)) for name, fn in bwd_hooks]
         self._targets.append(target)
         try:
-            with super().hooks(fwd, bwd, reset_hooks_end=reset_hooks_end, clear_contexts=clear_contexts):
+            with (
+                self.context.claim(),
+                super().hooks(fwd, bwd, reset_hooks_end=reset_hooks_end, clear_contexts=clear_contexts),
+            ):
                 yield self
         finally:
             self._targets.remove(target)
@@ -358,6 +365,11 @@ class HookedDiffusionGemma(HookedRootModule):
             raise ValueError("this model has no tokenizer: pass input_ids (a LongTensor [batch, prompt_len])")
         if isinstance(prompts, str):
             prompts = [prompts]
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("no prompts given: pass a prompt string or a non-empty list of them")
+        if not all(isinstance(p, str) for p in prompts):
+            raise TypeError(f"prompts must be strings, got {[type(p).__name__ for p in prompts][:3]}")
         self.tokenizer.padding_side = "left"
         encoded = self.tokenizer(list(prompts), return_tensors="pt", padding=True)
         device = self.model.device
@@ -374,7 +386,8 @@ class HookedDiffusionGemma(HookedRootModule):
         if isinstance(input_ids, (str, list)) and (isinstance(input_ids, str) or isinstance(input_ids[0], str)):
             input_ids, attention_mask = self.to_tokens(input_ids)
             kwargs.setdefault("attention_mask", attention_mask)
-        return sample(self, input_ids, **kwargs)
+        with self.context.claim(), self.context.run("generate"):
+            return sample(self, input_ids, **kwargs)
 
     def forward(self, input_ids, **kwargs):
         return self.generate(input_ids, **kwargs)
@@ -404,20 +417,25 @@ class HookedDiffusionGemma(HookedRootModule):
         positions=None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
-        max_bytes: int | None = None,
+        max_bytes: int | str | None = "auto",
         **gen_kwargs,
     ):
         """Generate and record activations at every (step, block); ``(trajectory, cache)``.
 
         ``names_filter``, ``steps``, ``blocks`` and ``positions`` (canvas positions; pattern query
         positions) select what is stored; ``device`` / ``dtype`` where and how. ``max_bytes`` raises
-        before the run if the cache could exceed it.
+        before the run if the cache could exceed it: ``"auto"`` (default) is 80% of the memory free
+        where the cache goes (:mod:`diffinterp.core.memory`), an int a budget, ``None`` no check.
         """
 
         names = self.resolve_names(names_filter)
-        cache = DenoisingCache(device=device, dtype=dtype, max_bytes=max_bytes)
+        check_positions(positions if positions is None or not isinstance(positions, int) else [positions],
+                        self.config.canvas_length)  # fmt: skip
+        dtype = as_dtype(dtype, "dtype")
+        limit = budget(max_bytes, device if device is not None else self.model.device)
+        cache = DenoisingCache(device=device, dtype=dtype, max_bytes=limit)
         target = HookTarget.build(steps, blocks, positions)
-        if max_bytes is not None:
+        if limit is not None:
             estimate = self.estimate_cache_bytes(
                 input_ids,
                 names,
@@ -436,30 +454,55 @@ class HookedDiffusionGemma(HookedRootModule):
     def estimate_cache_bytes(
         self, input_ids, names_filter=None, *, steps=None, blocks=None, positions=None, dtype=None, **gen_kwargs
     ) -> int:
-        """Upper bound on the bytes a ``run_with_cache`` with these filters stores (every step run)."""
+        """Upper bound on the bytes a ``run_with_cache`` with these filters stores (every step run).
 
+        Linear in the number of hooks plus the number of canvases: shapes repeat across blocks except
+        the prompt-side encoder pass and the attention patterns' key axis, summed once per layer type.
+        """
         names = self.resolve_names(names_filter)
         if isinstance(input_ids, (str, list)):
             input_ids, _ = self.to_tokens(input_ids)
         batch, prompt_len = input_ids.shape
         n_steps, n_blocks = resolve_run_limits(self.model, prompt_len, **gen_kwargs)
         step_count = n_steps if steps is None else len([s for s in steps if s < n_steps])
-        block_ids = range(n_blocks) if blocks is None else [b for b in blocks if b < n_blocks]
+        block_ids = list(range(n_blocks)) if blocks is None else [b for b in blocks if b < n_blocks]
+        layer_types = self.text_config.layer_types
+        pattern_numel: dict[tuple[str, str], int] = {}  # (stack, layer type) -> elements summed over blocks
         total = 0
         for name in names:
-            point = self.hook_dict[name]
-            for block in block_ids:
-                shape = list(hook_shape(self.config, name, batch=batch, prompt_len=prompt_len, block=block))
-                if positions is not None:
-                    shape[point.pos_dim] = len(positions)
-                element = _element_size(name, dtype, self.model.dtype)
-                count = 1 if name.startswith("encoder.") else step_count
-                if name.startswith("encoder.") and steps is not None:
-                    count = 0
-                numel = 1
-                for size in shape:
-                    numel *= size
+            encoder = name.startswith("encoder.")
+            count = (0 if steps is not None else 1) if encoder else step_count
+            if count == 0 or not block_ids:
+                continue
+            point, element = self.hook_dict[name], _element_size(name, dtype, self.model.dtype)
+
+            def shape(block: int, name: str = name) -> list[int]:
+                return list(hook_shape(self.config, name, batch=batch, prompt_len=prompt_len, block=block))
+
+            first = shape(block_ids[0])
+            if positions is not None:
+                first[point.pos_dim] = len(positions)
+            if name.endswith("hook_pattern"):  # the key axis grows with the blocks (up to a sliding window)
+                layer = int(name.split(".blocks.", 1)[1].split(".", 1)[0])
+                key = (name.split(".", 1)[0], layer_types[layer])
+                if key not in pattern_numel:
+                    sizes = []
+                    for block in block_ids:
+                        dims = shape(block)
+                        if positions is not None:
+                            dims[point.pos_dim] = len(positions)
+                        sizes.append(math.prod(dims))
+                    pattern_numel[key] = sum(sizes)
+                total += pattern_numel[key] * element * count
+            elif encoder:  # the prompt pass (block 0) differs from the canvas passes after it
+                later = [b for b in block_ids if b > 0]
+                prompt = [b for b in block_ids if b == 0]
+                numel = (math.prod(shape(0)) if prompt else 0) + (
+                    math.prod(shape(later[0])) * len(later) if later else 0
+                )
                 total += numel * element * count
+            else:
+                total += math.prod(first) * len(block_ids) * element * count
         return total
 
     def step_inputs(self, trajectory, block: int, step: int) -> dict[str, Any]:
@@ -470,22 +513,24 @@ class HookedDiffusionGemma(HookedRootModule):
         mapping), ``past_key_values`` (the encoder KV cache of that block), ``decoder_position_ids``.
         """
 
-        return step_inputs(self, trajectory, block, step)
+        with self.context.claim(), self.context.quiet():  # a replay of recorded steps: no user hook fires
+            return step_inputs(self, trajectory, block, step)
 
     def restore_runtime(self, trajectory):
         """Rebuild the KV caches of a trajectory loaded from disk, so its steps can be re-run."""
 
-        return restore_runtime(self, trajectory)
+        with self.context.claim(), self.context.quiet():
+            return restore_runtime(self, trajectory)
 
     def run_step(self, trajectory, block: int, step: int, fwd_hooks=(), **target):
         """Re-run one recorded decoder step (with optional hooks); its raw logits [batch, canvas, vocab]."""
-        kwargs = self.step_inputs(trajectory, block, step)
-        with self.hooks(fwd_hooks, **target), torch.no_grad():
-            self.context.stack, self.context.block, self.context.step = "decoder", block, step
-            try:
-                return self.model(**kwargs).logits
-            finally:
-                self.context.stack = self.context.block = self.context.step = None
+        with self.context.claim():
+            kwargs = self.step_inputs(trajectory, block, step)
+            with self.hooks(fwd_hooks, **target), torch.no_grad(), self.context.run("run_step"):
+                self.context.stack, self.context.block, self.context.step = "decoder", block, step
+                logits = self.model(**kwargs).logits
+                self.context.raise_if_nonfinite()
+                return logits
 
 
 def _element_size(name: str, dtype: torch.dtype | None, model_dtype: torch.dtype) -> int:

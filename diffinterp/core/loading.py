@@ -19,22 +19,52 @@ from diffinterp.core.hooked import HookedDiffusionGemma
 
 DIFFUSION_MODEL_TYPE = "diffusion_gemma"
 
-ASSETS = ("diffusion",)  # the trained toy model (docs/model.md)
-METADATA_FILE = "diffinterp.json"  # our own facts about a checkpoint (demo prompt, tasks)
+METADATA_FILE = "diffinterp.json"  # our own facts about a checkpoint (organism, demo prompt, tasks)
+#: The bundled model ``load_model()`` loads: an organism whose denoising loop is load-bearing.
+DEFAULT_MODEL = "latin"
+KINDS = ("diffusion", "ar")  # a bundled organism's DiffusionGemma and its autoregressive twin
 
 
-def bundled_model_path() -> Path:
-    """Folder of the checkpoint shipped with the package (the trained toy model when present)."""
-    assets = Path(str(resources.files("diffinterp").joinpath("assets")))
-    for name in ASSETS:
-        if (assets / name / "config.json").is_file():
-            return assets / name
-    raise FileNotFoundError(f"no bundled checkpoint under {assets}; the package data is incomplete")
+def assets_dir() -> Path:
+    return Path(str(resources.files("diffinterp").joinpath("assets")))
+
+
+def bundled_models(kind: str = "diffusion") -> dict[str, Path]:
+    """The bundled checkpoints of ``kind`` by organism name (``assets/NAME/KIND``)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    found = {}
+    for folder in sorted(assets_dir().iterdir()):
+        if (folder / kind / "config.json").is_file():
+            found[folder.name] = folder / kind
+    return found
+
+
+def resolve_model_path(name_or_path: str | Path | None = None, kind: str = "diffusion") -> Path:
+    """The folder of a bundled model by name (``"latin"``; ``None``: :data:`DEFAULT_MODEL`) or an
+    existing folder; a clear error naming the bundled models otherwise."""
+    name_or_path = DEFAULT_MODEL if name_or_path is None else name_or_path
+    path = Path(name_or_path)
+    bundled = bundled_models(kind)
+    if isinstance(name_or_path, str) and name_or_path in bundled:
+        return bundled[name_or_path]
+    if path.exists() or isinstance(name_or_path, Path) or len(path.parts) > 1:
+        return path
+    raise FileNotFoundError(
+        f"no bundled {kind} model named '{name_or_path}' (bundled: {', '.join(bundled) or 'none'}) "
+        "and no folder at that path: give an organism name or an HF checkpoint folder"
+    )
+
+
+def bundled_model_path(name: str | None = None) -> Path:
+    """Folder of a bundled DiffusionGemma (default :data:`DEFAULT_MODEL`)."""
+    return resolve_model_path(name)
 
 
 def checkpoint_metadata(path: str | Path | None = None) -> dict[str, Any]:
-    """diffinterp's metadata saved beside a checkpoint (``diffinterp.json``), or {}."""
-    folder = Path(path) if path is not None else bundled_model_path()
+    """diffinterp's metadata saved beside a checkpoint (``diffinterp.json``), or {}; ``path`` may be a
+    bundled model's name."""
+    folder = resolve_model_path(path)
     file = folder / METADATA_FILE
     return json.loads(file.read_text()) if file.is_file() else {}
 
@@ -81,16 +111,52 @@ def check_loading_info(info: dict, folder: Path, what: str = "checkpoint") -> No
         )
 
 
+GENERATION_FILE = "generation_config.json"
+
+
+def check_generation_config(folder: Path) -> None:
+    """Raise unless ``folder`` has readable sampler settings: without them transformers silently
+    samples with its defaults (256 tokens, 48 steps, no EOS: sixteen canvases of a small model)."""
+    file = folder / GENERATION_FILE
+    way_out = (
+        "pass the sampler settings explicitly: load_model(path, generation_config=DiffusionGemmaGenerationConfig(...))"
+    )
+    if not file.is_file():
+        raise ValueError(f"{folder} has no {GENERATION_FILE}: the sampler's settings are unknown; {way_out}")
+    try:
+        settings = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{file} is not valid JSON ({err}); {way_out}") from err
+    if not isinstance(settings, dict) or settings.get("eos_token_id") is None:
+        raise ValueError(f"{file} sets no eos_token_id, so generation would never stop at an answer; {way_out}")
+
+
+def check_finite(model, folder: Path | str) -> None:
+    """Raise naming the parameters that hold NaN or infinite values (a corrupted checkpoint)."""
+    bad = [name for name, p in model.named_parameters() if p.device.type != "meta" and not torch.isfinite(p).all()]
+    if bad:
+        raise ValueError(f"the checkpoint in {folder} has non-finite weights in {len(bad)} tensors, e.g. {bad[:5]}")
+
+
 def load_hf_model(
     path: str | Path | None = None,
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     device_map: str | dict | None = None,
+    generation_config=None,
 ) -> DiffusionGemmaForBlockDiffusion:
-    """Load the bare transformers model from an HF folder (default: the bundled checkpoint)."""
-    folder = Path(path) if path is not None else bundled_model_path()
+    """Load the bare transformers model from an HF folder or a bundled model's name (default:
+    :data:`DEFAULT_MODEL`).
+
+    The folder must hold its sampler settings (``generation_config.json``) unless
+    ``generation_config`` (a ``DiffusionGemmaGenerationConfig``) is given; weights with NaN or
+    infinite values are refused.
+    """
+    folder = resolve_model_path(path)
     validate_checkpoint_folder(folder)
+    if generation_config is None:
+        check_generation_config(folder)
     if device is not None and device_map is not None:
         raise ValueError("give either device= or device_map=, not both (device_map='auto' shards over GPUs)")
     kwargs: dict[str, Any] = {"use_safetensors": True}
@@ -103,6 +169,9 @@ def load_hf_model(
     except (OSError, RuntimeError, ValueError, SafetensorError) as err:
         raise ValueError(f"could not load the checkpoint in {folder}: {err}") from err
     check_loading_info(info, folder)
+    check_finite(model, folder)
+    if generation_config is not None:
+        model.generation_config = generation_config
     if device is not None:
         model = model.to(device)
     return model.eval()
@@ -112,10 +181,13 @@ def load_tokenizer(path: str | Path | None = None):
     """The tokenizer saved beside a checkpoint, or ``None`` if the folder has none."""
     from transformers import AutoTokenizer
 
-    folder = Path(path) if path is not None else bundled_model_path()
+    folder = resolve_model_path(path)
     if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
         return None
-    return AutoTokenizer.from_pretrained(str(folder))
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except Exception as err:  # tokenizers raises its own exception types for unreadable files
+        raise ValueError(f"the tokenizer in {folder} could not be read (tokenizer.json corrupted?): {err}") from err
 
 
 def load_model(
@@ -124,13 +196,17 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     device_map: str | dict | None = None,
+    generation_config=None,
 ):
-    """Load an HF DiffusionGemma folder (default: the bundled checkpoint) as a ``HookedDiffusionGemma``.
+    """Load a bundled model by name (``"latin"``; default :data:`DEFAULT_MODEL`) or an HF DiffusionGemma
+    folder as a ``HookedDiffusionGemma`` (``hm.metadata``: the checkpoint's ``diffinterp.json``).
 
-    ``device_map="auto"`` is passed to transformers/accelerate, so the 26B model shards over GPUs;
+    ``generation_config`` sets the sampler (required when the folder has none, see
+    :func:`load_hf_model`). ``device_map="auto"`` is passed to transformers/accelerate, so the 26B
+    model shards over GPUs;
     activations of different layers then live on different devices, and caches gather them on
     the device the caller asks for.
     """
 
-    model = load_hf_model(path, device=device, dtype=dtype, device_map=device_map)
-    return HookedDiffusionGemma(model, tokenizer=load_tokenizer(path))
+    model = load_hf_model(path, device=device, dtype=dtype, device_map=device_map, generation_config=generation_config)
+    return HookedDiffusionGemma(model, tokenizer=load_tokenizer(path), metadata=checkpoint_metadata(path))

@@ -22,6 +22,15 @@ from typing import Any
 import torch
 
 from diffinterp.core.bottleneck import Bottleneck, apply_bottleneck
+from diffinterp.core.inputs import (
+    SAMPLER_ARGUMENTS,
+    as_dtype,
+    check_attention_mask,
+    check_generation_kwargs,
+    check_input_ids,
+)
+from diffinterp.core.memory import budget, human, logits_bytes
+from diffinterp.records.cache import CacheBudgetError
 from diffinterp.records.trajectory import BlockRecord, BlockRuntime, RngState, StepRecord, Trajectory
 
 
@@ -54,16 +63,7 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 def resolve_run_limits(model, prompt_len: int, generation_config=None, **kwargs) -> tuple[int, int]:
     """(max denoising steps per block, max number of blocks) for these generation arguments."""
-    own = {
-        "bottleneck",
-        "record_logits",
-        "logits_device",
-        "logits_dtype",
-        "progress",
-        "enable_grad",
-        "attention_mask",
-        "replay",
-    }
+    own = SAMPLER_ARGUMENTS | {"attention_mask"}
     config, _ = model._prepare_generation_config(generation_config, **{k: v for k, v in kwargs.items() if k not in own})
     _, max_new_tokens = model._prepare_generated_length(config, prompt_len)
     return config.max_denoising_steps, math.ceil(max_new_tokens / model.config.canvas_length)
@@ -84,11 +84,12 @@ class _StepCapture:
         self.values["entropy"] = token_entropy(logits)
         return accepted
 
-    def decoder_forward(self, model) -> Callable[..., Any]:
+    def decoder_forward(self, model, context) -> Callable[..., Any]:
         def forward(**kwargs):
             if not self.bottleneck.feeds_signal:
                 kwargs["self_conditioning_logits"] = None
             output = model(**kwargs)  # __call__, so hooks on the top-level module fire
+            context.raise_if_nonfinite()  # a hook's NaN is reported by name, before the sampler draws from it
             self.values["logits"] = output.logits
             return output
 
@@ -128,8 +129,10 @@ def _sample(
     model = hm.model
     context = hm.context
     bottleneck = Bottleneck.parse(bottleneck)
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-        raise ValueError("input_ids must be a LongTensor [batch, prompt_len] (or prompt strings with a tokenizer)")
+    check_input_ids(input_ids, model.config.text_config.vocab_size)
+    check_generation_kwargs(kwargs)
+    check_attention_mask(kwargs.get("attention_mask"), input_ids)
+    logits_dtype = as_dtype(logits_dtype, "logits_dtype")
     if kwargs.get("attention_mask", 0) is None:
         kwargs.pop("attention_mask")
 
@@ -145,6 +148,23 @@ def _sample(
     if past_key_values is not None and generation_config.cache_implementation is not None:
         raise ValueError("Cannot provide both `past_key_values` and `generation_config.cache_implementation`.")
     hm.check_targets(generation_config.max_denoising_steps, max_new_canvases)
+    if record_logits:  # the same guard as a cache's: refuse before the run, not after an hour of it
+        needed = logits_bytes(
+            batch_size,
+            canvas_length,
+            model.config.text_config.vocab_size,
+            generation_config.max_denoising_steps,
+            max_new_canvases,
+            logits_dtype,
+        )
+        limit = budget("auto", logits_device if logits_device is not None else input_ids.device)
+        if needed > limit:
+            raise CacheBudgetError(
+                f"recording the logits of this run needs up to {human(needed)}, over the {human(limit)} that fit in "
+                "memory: record them as logits_dtype=torch.bfloat16, on another device (logits_device=), for fewer "
+                "prompts or steps (max_denoising_steps=), or read what you need from them step by step with a "
+                "hook on decoder.hook_logits instead of recording them"
+            )
 
     device = input_ids.device
     eos_tensor = None
@@ -178,7 +198,7 @@ def _sample(
     if streamer is not None:
         streamer.put(input_ids.cpu())
     capture = _StepCapture(sampler, bottleneck)
-    decoder_forward = capture.decoder_forward(model)
+    decoder_forward = capture.decoder_forward(model, context)
     embeddings_dtype = model.model.decoder.embed_tokens.weight.dtype
     prompt_ids = input_ids.clone()
 
@@ -206,6 +226,7 @@ def _sample(
                 position_ids=encoder_position_ids,
                 **model_kwargs,
             )
+            context.raise_if_nonfinite()
             past_key_values = encoder_outputs.past_key_values
             is_prefill = False
 

@@ -10,8 +10,11 @@ Accounting (each choice is a parameter, so the alternatives can be reported side
   step. The canvas is ids chosen by sampling (interpretable, depth 0) unless
   ``canvas_through_acceptance`` makes it inherit the depth of the entropy-based acceptance mask that
   picks which sampled ids are kept. The signal is the tempered logits (``continuous``: the chain runs
-  through every step) or a token bottleneck (``argmax``, ``sample``: reset at every step; ``topk:K``
-  keeps K continuous probabilities per position, so it does not reset; ``none``: no signal).
+  through every step) or a token bottleneck (``argmax``, ``sample``: reset at every step; ``none``:
+  no signal). The paper's token bottleneck (``topk:K``, ``topp:P``: a few tokens per position with
+  their probabilities) is counted both ways: as interpretable, so the chain resets at every step
+  (the paper's convention, beside its 1.1x), and as opaque, since the kept probabilities are
+  continuous numbers the next step computes with (the chain runs on).
 
 Models are built on the ``meta`` device with transformers' eager attention and the ``batched_mm``
 experts implementation: the default MoE dispatch loops over the experts that received tokens (a
@@ -31,10 +34,9 @@ import torch
 from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion, Gemma4ForCausalLM, Gemma4TextConfig
 from transformers.cache_utils import DynamicCache
 
-from diffinterp.core.bottleneck import one_hot_logits, top_k_logits
+from diffinterp.core.bottleneck import PAPER_TOPK, PAPER_TOPP, Bottleneck, bottleneck_logits
 from diffinterp.core.configs import real_ar_text_config, real_config, tiny_config, tiny_text_config
-from diffinterp.core.sampler import Bottleneck
-from diffinterp.depth import DepthReport, DepthTracer
+from diffinterp.depth.calculator import DepthReport, DepthTracer
 
 META = torch.device("meta")
 
@@ -104,8 +106,15 @@ def diffusion_step_depths(
     t_min: float = 0.4,
     entropy_bound: float = 0.1,
     canvas_through_acceptance: bool = False,
+    interpretable_tokens: bool = True,
 ) -> DiffusionDepths:
-    """Trace ``n_steps`` denoising steps of one canvas and the self-conditioning between them."""
+    """Trace ``n_steps`` denoising steps of one canvas and the self-conditioning between them.
+
+    ``interpretable_tokens``: whether a ``topk`` / ``topp`` state (a few tokens with their
+    probabilities) counts as interpretable, resetting the chain (the paper's convention), or as the
+    continuous probabilities it also is (the chain runs on). ``argmax`` / ``sample`` states are token
+    ids and always reset.
+    """
     if n_steps < 1:
         raise ValueError(f"n_steps must be >= 1 (got {n_steps})")
     mode = Bottleneck.parse(bottleneck)
@@ -143,20 +152,10 @@ def diffusion_step_depths(
                 canvas = torch.where(accepted, sampled, canvas)
             else:
                 canvas = sampled
-            signal = _next_signal(mode, processed, sampled)
+            signal = bottleneck_logits(mode, processed, sampled) if mode.feeds_signal else None
+            if mode.mode in ("topk", "topp") and interpretable_tokens:
+                signal = tracer.mark_interpretable(signal, f"{mode} tokens")
     return DiffusionDepths(str(mode), canvas_through_acceptance, depths, reports[0], reports[-1])
-
-
-def _next_signal(mode: Bottleneck, processed: torch.Tensor, sampled: torch.Tensor) -> torch.Tensor | None:
-    if mode.mode == "continuous":
-        return processed
-    if mode.mode == "argmax":
-        return one_hot_logits(processed.argmax(-1), processed)
-    if mode.mode == "sample":
-        return one_hot_logits(sampled, processed)
-    if mode.mode == "topk":
-        return top_k_logits(processed, mode.k)
-    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,6 +163,12 @@ def _next_signal(mode: Bottleneck, processed: torch.Tensor, sampled: torch.Tenso
 
 PAPER_NAIVE_RATIO = 28.6
 PAPER_BOTTLENECK_RATIO = 1.1
+#: The two ways of counting a top-k / top-p state. The paper's: a handful of tokens with their
+#: probabilities is a state a person can read (it is what the logit lens shows), so the chain resets.
+#: The strict one: the probabilities are continuous numbers that the next step computes with, so
+#: nothing is cut.
+INTERPRETABLE = "interpretable: paper's convention"
+OPAQUE = "opaque probabilities"
 
 
 def chain_depth(step_depths: list[int], n_steps: int) -> int:
@@ -205,7 +210,8 @@ def transparency_table(
     step_counts: list[int],
     *,
     prompt_len: int = 16,
-    topk: int = 8,
+    topk: int = PAPER_TOPK,
+    topp: float = PAPER_TOPP,
     trace_steps: int = 4,
     include_acceptance_variant: bool = True,
 ) -> tuple[list[TransparencyRow], dict]:
@@ -214,6 +220,8 @@ def transparency_table(
     ``step_counts`` are the chain lengths N to report (e.g. 48, the default maximum, and the mean
     number of steps a model uses); the first ``trace_steps`` steps of each mode are traced and
     longer chains follow :func:`chain_depth` (``trace_steps >= max(step_counts)`` traces them all).
+    The paper's token bottleneck (``topk:K`` / ``topp:P``) appears twice: with its states counted as
+    interpretable (the paper's convention, :data:`INTERPRETABLE`) and as opaque (:data:`OPAQUE`).
     """
     ar_report = ar_token_depth(ar, prompt_len)
     d_ar = ar_report.depth
@@ -221,14 +229,24 @@ def transparency_table(
         TransparencyRow("AR Gemma 4", "token (argmax)", 1, d_ar, 1.0, note="one decode step on the prompt's KV cache")
     ]
     traces: dict[str, DiffusionDepths] = {}
-    variants = [("continuous", False), ("argmax", False), ("sample", False), (f"topk:{topk}", False), ("none", False)]
+    variants = [("continuous", False, True), ("argmax", False, True), ("sample", False, True)]
+    for token_mode in (f"topk:{topk}", f"topp:{topp:g}"):
+        variants += [(token_mode, False, True), (token_mode, False, False)]
+    variants.append(("none", False, True))
     if include_acceptance_variant:
-        variants += [("continuous", True), ("argmax", True)]
+        variants += [("continuous", True, True), ("argmax", True, True)]
     n_trace = max(3, min(trace_steps, max(step_counts)))
-    for mode, through_acceptance in variants:
+    for mode, through_acceptance, interpretable in variants:
         key = mode + (" +acceptance" if through_acceptance else "")
+        if Bottleneck.parse(mode).mode in ("topk", "topp"):
+            key += f" ({INTERPRETABLE if interpretable else OPAQUE})"
         traces[key] = diffusion_step_depths(
-            diffusion, n_trace, mode, prompt_len=prompt_len, canvas_through_acceptance=through_acceptance
+            diffusion,
+            n_trace,
+            mode,
+            prompt_len=prompt_len,
+            canvas_through_acceptance=through_acceptance,
+            interpretable_tokens=interpretable,
         )
     first = traces["argmax"].step_depths
     rows.append(TransparencyRow("DiffusionGemma", "one step, no signal (step 0)", 1, first[0], first[0] / d_ar))
@@ -242,12 +260,17 @@ def transparency_table(
             note="the self-conditioning input is a token (one-hot)",
         )
     )
-    paper = {"continuous": PAPER_NAIVE_RATIO, "argmax": PAPER_BOTTLENECK_RATIO, "sample": PAPER_BOTTLENECK_RATIO}
+    paper = {"continuous": PAPER_NAIVE_RATIO}
     for n_steps in step_counts:
         for key, trace in traces.items():
             depth = chain_depth(trace.step_depths, n_steps)
             mode = key.split(" ")[0]
             note = "canvas inherits the acceptance mask's depth" if trace.canvas_through_acceptance else ""
+            if key.endswith(f"({INTERPRETABLE})"):
+                paper[key] = PAPER_BOTTLENECK_RATIO  # the paper counts exactly these states as interpretable
+                note = note or "top tokens and their probabilities read as interpretable (the paper's convention)"
+            elif key.endswith(f"({OPAQUE})"):
+                note = note or "the kept probabilities are continuous numbers: the chain runs on"
             rows.append(
                 TransparencyRow(
                     "DiffusionGemma",
@@ -255,7 +278,7 @@ def transparency_table(
                     n_steps,
                     depth,
                     depth / d_ar,
-                    paper.get(mode) if not trace.canvas_through_acceptance else None,
+                    paper.get(key, paper.get(mode)) if not trace.canvas_through_acceptance else None,
                     note,
                 )
             )

@@ -1,4 +1,4 @@
-"""Figures of settling: settle heatmaps, before/tie/after bars, lens curves, causal-test bars."""
+"""Figures of settling: settle step by dependency round, order-agreement bars, settle heatmaps with rounds."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
 from diffinterp.figures.style import OKABE_ITO, SEQUENTIAL_CMAP, STYLE  # noqa: E402
-from diffinterp.phenomena.settling import Regions  # noqa: E402
 from diffinterp.records.decoding import token_labels  # noqa: E402
 
 
@@ -23,98 +21,88 @@ def _bar_values(stats: Sequence[dict]) -> tuple[list[float], list[list[float]]]:
     return vals, [low, high]
 
 
-def settle_heatmap(settle, tokens, regions: Regions, last, rows: Sequence[int], tokenizer=None, title=None):
-    """Settle step per position (colour) for example ``rows``, tokens written in the cells; answer
-    cells outlined solid, dependency cells dashed; positions past each row's EOS greyed."""
+__all__ = []
+
+
+def settle_by_round(results: dict[str, dict], title: str | None = None):
+    """Mean settle step per ground-truth round (95% CI), one line per task and order kind
+    (``results[task][kind]["settle_step_by_round"]``, kinds ``prediction`` solid, ``commit`` dashed)."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(5.2, 3.2), layout="constrained")
+        drawn = 0
+        for i, (task, result) in enumerate(results.items()):
+            for kind, style in (("prediction", "-"), ("commit", "--")):
+                by_round = result.get(kind, {}).get("settle_step_by_round")
+                if not by_round:
+                    continue
+                rounds = [int(r) for r in by_round]
+                values = [by_round[str(r)]["value"] for r in rounds]
+                low = [v - by_round[str(r)]["ci_low"] for r, v in zip(rounds, values, strict=True)]
+                high = [by_round[str(r)]["ci_high"] - v for r, v in zip(rounds, values, strict=True)]
+                ax.errorbar(rounds, values, yerr=[low, high], linestyle=style, marker="o", markersize=3,
+                            capsize=2, color=OKABE_ITO[i % len(OKABE_ITO)], label=f"{task} ({kind})")  # fmt: skip
+                drawn += 1
+        if drawn:
+            ax.legend(fontsize=7, frameon=False)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        else:
+            ax.text(0.5, 0.5, "no ground-truth rounds", transform=ax.transAxes, ha="center", color="#666666")
+        ax.set_xlabel("ground-truth round (dependency depth)")
+        ax.set_ylabel("settle step")
+        ax.set_title(title or "Settle step by dependency round (95% CI)", fontsize=9)
+    return fig
+
+
+def agreement_bars(results: dict[str, dict], title: str | None = None):
+    """Per task, the mean per-row agreement of prediction and commit order with the dependency order
+    and with left-to-right order (95% CIs); 0.5 is chance."""
+    series = [("prediction", "dependency"), ("prediction", "left_to_right"), ("commit", "dependency"),
+              ("commit", "left_to_right")]  # fmt: skip
+    labels = ["prediction vs dependency", "prediction vs left-to-right", "commit vs dependency",
+              "commit vs left-to-right"]  # fmt: skip
+    tasks = list(results)
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(max(4.5, 1.5 * len(tasks) + 2.5), 3.2), layout="constrained")
+        width = 0.8 / len(series)
+        for k, ((kind, against), label) in enumerate(zip(series, labels, strict=True)):
+            stats = [results[t].get(kind, {}).get(against, {}).get("mean_agreement") for t in tasks]
+            stats = [s if s is not None else {"value": None} for s in stats]
+            values, err = _bar_values([{**s, "ci_low": s.get("ci_low"), "ci_high": s.get("ci_high")} for s in stats])
+            xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(tasks))]
+            ax.bar(xs, values, width, yerr=err, capsize=2, color=OKABE_ITO[[3, 0, 2, 1][k]],
+                   hatch="" if kind == "prediction" else "//", label=label)  # fmt: skip
+        ax.axhline(0.5, color="#999999", linewidth=0.8, linestyle=":")
+        ax.set_xticks(range(len(tasks)))
+        ax.set_xticklabels(tasks)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("pairs in that order")
+        ax.legend(fontsize=7, frameon=False, ncols=2, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+        ax.set_title(title or "Which order does the canvas settle in? (0.5 = chance)", fontsize=9)
+    return fig
+
+
+def round_heatmap(settle, tokens, rounds, rows: Sequence[int], tokenizer=None, title=None):
+    """Settle step per position (colour) for example ``rows``, each cell labelled with its final token
+    and, below it, its ground-truth round (``rounds`` ``[B, P]``, ``-1`` = not scored; ``None``: none)."""
     rows = list(rows)
     values = settle[rows].float().numpy()
     n_rows, n_pos = values.shape
+    top = max(1.0, float(values.max()))
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(max(4.5, 0.42 * n_pos + 1.8), 0.42 * n_rows + 1.3), layout="constrained")
-        image = ax.imshow(values, cmap=SEQUENTIAL_CMAP, vmin=0, vmax=max(1.0, float(values.max())), aspect="auto")
+        fig, ax = plt.subplots(figsize=(max(4.5, 0.42 * n_pos + 1.8), 0.5 * n_rows + 1.3), layout="constrained")
+        image = ax.imshow(values, cmap=SEQUENTIAL_CMAP, vmin=0, vmax=top, aspect="auto")
         for i, row in enumerate(rows):
             labels = token_labels(tokens[row].tolist(), tokenizer)
             for pos in range(n_pos):
-                shade = values[i, pos] < 0.55 * max(1.0, float(values.max()))
-                ax.text(pos, i, labels[pos][:4], ha="center", va="center", fontsize=6,
-                        color="white" if shade else "black")  # fmt: skip
-                for mask, style in ((regions.answer, "-"), (regions.dependency, "--")):
-                    if mask[row, pos]:
-                        ax.add_patch(plt.Rectangle((pos - 0.5, i - 0.5), 1, 1, fill=False, linestyle=style,
-                                                   edgecolor=OKABE_ITO[4], linewidth=1.3))  # fmt: skip
+                colour = "white" if values[i, pos] < 0.55 * top else "black"
+                ax.text(pos, i - 0.12, labels[pos], ha="center", va="center", fontsize=6, color=colour)
+                if rounds is not None and int(rounds[row, pos]) >= 0:
+                    ax.text(pos, i + 0.25, f"r{int(rounds[row, pos])}", ha="center", va="center", fontsize=5,
+                            color=colour)  # fmt: skip
         ax.set_yticks(range(n_rows))
-        ax.set_yticklabels([f"row {r} (last {int(last[r])})" for r in rows], fontsize=7)
+        ax.set_yticklabels([f"row {r}" for r in rows], fontsize=7)
         ax.set_xticks(range(n_pos))
-        ax.set_xlabel("canvas position (final token)")
-        ax.set_title(title or "Settle step per position (solid: answer, dashed: its reasoning)", fontsize=9)
+        ax.set_xlabel("canvas position (final token; r = ground-truth round)")
+        ax.set_title(title or "Settle step per position", fontsize=9)
         fig.colorbar(image, ax=ax, label="settle step", fraction=0.03)
     return fig
-
-
-def _proportion_bars(results: dict[str, dict], series, labels, colours, *, width: float, title: str):
-    """Grouped bars with 95% CIs: one group per key of ``results``, one bar per name in ``series``
-    (``results[group][name]`` is a :func:`diffinterp.stats.proportion` dict)."""
-    groups = list(results)
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(max(4.0, width * len(groups) + 2.0), 3.0), layout="constrained")
-        bar = 0.8 / len(series)
-        for k, name in enumerate(series):
-            x = np.arange(len(groups)) + (k - (len(series) - 1) / 2) * bar
-            vals, err = _bar_values([results[g][name] for g in groups])
-            ax.bar(x, vals, bar, color=colours[k], label=labels[k], yerr=err, capsize=2, error_kw={"linewidth": 0.8})
-        ax.set_xticks(range(len(groups)))
-        ax.set_xticklabels([f"{g}\n(n={results[g][series[0]]['n']})" for g in groups], fontsize=8)
-        ax.set_ylim(0, 1.05)
-        ax.set_ylabel("fraction of samples")
-        ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return fig
-
-
-def order_bars(fractions: dict[str, dict], title: str | None = None):
-    """Grouped bars: before / tie / after fractions (with 95% CIs) per group (task)."""
-    return _proportion_bars(
-        fractions, ("before", "tie", "after"), ("answer settles before", "same step", "answer settles after"),
-        [OKABE_ITO[2], OKABE_ITO[1], OKABE_ITO[4]], width=1.3,
-        title=title or "Answer settles before / with / after the reasoning it depends on",
-    )  # fmt: skip
-
-
-def lens_curve(offsets, curves: dict[str, np.ndarray], counts, title: str | None = None):
-    """Lens probability of the final tokens (one curve per region / layer choice) against the step
-    relative to the reasoning's settle step (offset 0, marked); ``counts``: rows at each offset."""
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(4.8, 3.0), layout="constrained")
-        for k, (name, values) in enumerate(curves.items()):
-            ax.plot(offsets, values, marker="os^D"[k % 4], markersize=3.5, color=OKABE_ITO[[3, 0, 2, 5][k % 4]],
-                    label=name, linewidth=1.4)  # fmt: skip
-        ax.axvline(0, color="black", linewidth=0.8, linestyle=":", label="reasoning settles")
-        ax.set_xticks(list(offsets))
-        ax.set_xticklabels([f"{o}\n({c})" for o, c in zip(offsets, counts, strict=True)], fontsize=7)
-        ax.set_xlabel("step − reasoning settle step (rows)")
-        ax.set_ylabel("P(final token)")
-        ax.set_ylim(0, 1.02)
-        ax.set_title(title or "Logit lens: P(final token) around the reasoning's settle step", fontsize=9)
-        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return fig
-
-
-def causal_bars(results: dict[str, dict], title: str | None = None):
-    """Outcome fractions (95% CIs) per corruption condition: answer unchanged / follows / other, and
-    whether the corrupted token survives in the final canvas."""
-    first = next(iter(results.values()))
-    names = [name for name in ("unchanged", "follows", "other", "survives") if name in first]
-    labels = [{"survives": "corrupted token survives", "follows": "answer follows corruption"}.get(n, n) for n in names]
-    palette = {"unchanged": OKABE_ITO[2], "follows": OKABE_ITO[4], "other": OKABE_ITO[7], "survives": OKABE_ITO[1]}
-    return _proportion_bars(
-        results, names, labels, [palette[n] for n in names], width=1.5,
-        title=title or "Corrupting the reasoning token at one step (or from it on: persistent)",
-    )  # fmt: skip
-
-
-__all__ = [
-    "causal_bars",
-    "lens_curve",
-    "order_bars",
-    "settle_heatmap",
-]

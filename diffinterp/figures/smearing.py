@@ -10,8 +10,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from diffinterp.figures.style import OKABE_ITO, SEQUENTIAL_CMAP, STYLE  # noqa: E402
+from diffinterp.figures.style import SEQUENTIAL_CMAP, STYLE  # noqa: E402
 from diffinterp.records.decoding import token_labels  # noqa: E402
+
+#: Okabe-Ito, in the order the smearing figures have always used
+OKABE_ITO = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
 
 
 def _err(values: list[dict]) -> list[list[float]]:

@@ -15,6 +15,7 @@ MODE_COLOURS = {  # Okabe-Ito, colour-blind safe
     "sample": "#009E73",
     "none": "#999999",
     "topk": "#CC79A7",
+    "topp": "#56B4E9",
 }
 
 
@@ -31,7 +32,7 @@ def depth_per_step(chains: dict[str, list[int]], ar_depth: int, n_steps: int):
         fig, ax = plt.subplots(figsize=(6.0, 3.6))
         steps = list(range(1, n_steps + 1))
         for mode, depths in chains.items():
-            style = "--" if "acceptance" in mode else "-"
+            style = "--" if "acceptance" in mode else (":" if "opaque" in mode else "-")
             ax.plot(steps, depths[:n_steps], style, color=_mode_colour(mode), label=mode, linewidth=1.5)
         ax.axhline(ar_depth, color="black", linewidth=1, linestyle=":", label="AR Gemma 4, per token")
         ax.set_yscale("log")
@@ -43,21 +44,23 @@ def depth_per_step(chains: dict[str, list[int]], ar_depth: int, n_steps: int):
 
 
 def accuracy_per_mode(results: dict[str, dict[str, dict]]):
-    """Exact-match accuracy with 95% intervals: ``results[task][mode] = {accuracy, ci_low, ci_high}``."""
-    tasks = list(results)
-    modes = list(next(iter(results.values())))
+    """Exact-match accuracy with 95% intervals: ``results[task][mode]["accuracy"]`` a proportion dict
+    (``value``, ``ci_low``, ``ci_high``); tasks without reference answers are left out."""
+    tasks = [t for t, modes in results.items() if all("accuracy" in entry for entry in modes.values())]
+    modes = list(results[tasks[0]]) if tasks else []
     width = 0.8 / max(1, len(modes))
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(tasks) + 2), 3.4))
         for index, mode in enumerate(modes):
             xs = [t + (index - (len(modes) - 1) / 2) * width for t in range(len(tasks))]
-            values = [results[task][mode]["accuracy"] for task in tasks]
+            stats = [results[task][mode]["accuracy"] for task in tasks]
+            values = [entry["value"] for entry in stats]
             # Interval bounds can sit a rounding error inside the estimate at 0 or 1.
-            low = [max(0.0, v - results[task][mode]["ci_low"]) for task, v in zip(tasks, values, strict=True)]
-            high = [max(0.0, results[task][mode]["ci_high"] - v) for task, v in zip(tasks, values, strict=True)]
+            low = [max(0.0, v - entry["ci_low"]) for entry, v in zip(stats, values, strict=True)]
+            high = [max(0.0, entry["ci_high"] - v) for entry, v in zip(stats, values, strict=True)]
             ax.bar(xs, values, width, yerr=[low, high], capsize=2, color=_mode_colour(mode), label=mode)
         ax.set_xticks(range(len(tasks)))
-        ax.set_xticklabels(tasks)
+        ax.set_xticklabels(tasks, rotation=20 if len(tasks) > 4 else 0, ha="right" if len(tasks) > 4 else "center")
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("exact match (95% CI)")
         ax.set_title("Accuracy by self-conditioning bottleneck")

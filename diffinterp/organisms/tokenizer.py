@@ -21,23 +21,43 @@ PAD, EOS, BOS, UNK = "<pad>", "<eos>", "<bos>", "<unk>"
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = [PAD, EOS, BOS, UNK]
 
-#: Task tags and task words (whole words in the vocabulary).
+#: Task tags and task words of the four-task toy model (``toy4``), whole words in the vocabulary.
 WORDS = ["arith", "seq", "hop", "mon", "copy", "rev", "keep"]
 SYMBOLS = list("=+-*?:;>,")
 DIGITS = list(string.digits)
 LETTERS = list(string.ascii_lowercase)
+#: The ``toy4`` vocabulary (56 tokens, model vocab 64), in id order: a prefix of :data:`VOCAB`.
+TOY4_VOCAB: list[str] = SPECIAL_TOKENS + DIGITS + SYMBOLS + LETTERS + WORDS
+TOY4_VOCAB_SIZE = 64
+
+#: Symbols and words the model organisms add (after the toy4 ones, so shared tokens keep their ids).
+ORGANISM_SYMBOLS = list("._|#")
+ORGANISM_WORDS = [
+    "carry",  # carry: suffix sums, a carry chain through every digit
+    "latin",  # latin: Latin-square completion
+    "gold",
+    "plain",
+    "Gold",  # gold: the recurrence with hidden terms, and its control
+    "filter",
+    "dedup",
+    "serial",  # smear: data-dependent positions, and the serial control
+    "solve",  # answer-first: the answer before its scratchpad
+    "sum",
+    "hint",  # hint: a digit sum, sometimes with a hint token
+]
 
 #: The full vocabulary, in id order.
-VOCAB: list[str] = SPECIAL_TOKENS + DIGITS + SYMBOLS + LETTERS + WORDS
-#: Model vocab size: the vocabulary rounded up to a multiple of 8 (unused ids are never produced
-#: by the tokenizer; the model learns to give them no mass).
-VOCAB_SIZE = 64
+VOCAB: list[str] = TOY4_VOCAB + ORGANISM_SYMBOLS + ORGANISM_WORDS
+#: Model vocab size of the organisms: the vocabulary rounded up to a multiple of 8 (unused ids are
+#: never produced by the tokenizer; the model learns to give them no mass).
+VOCAB_SIZE = 72
 assert len(VOCAB) <= VOCAB_SIZE, len(VOCAB)
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """A ``PreTrainedTokenizerFast`` over :data:`VOCAB` that prepends ``<bos>`` to every text."""
-    vocab = {tok: i for i, tok in enumerate(VOCAB)}
+def build_tokenizer(vocab_tokens: list[str] | None = None) -> PreTrainedTokenizerFast:
+    """A ``PreTrainedTokenizerFast`` over ``vocab_tokens`` (default :data:`VOCAB`) that prepends
+    ``<bos>`` to every text."""
+    vocab = {tok: i for i, tok in enumerate(VOCAB if vocab_tokens is None else vocab_tokens)}
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tk.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -81,3 +101,8 @@ def token_ids(text: str) -> list[int]:
 
 
 _TOKENIZER = build_tokenizer()
+
+
+def normalize_text(text: str) -> str:
+    """Canonical form for exact match: tokens separated by single spaces (``"b=7"`` == ``"b = 7"``)."""
+    return " ".join(_TOKENIZER.convert_ids_to_tokens(_TOKENIZER.encode(text, add_special_tokens=False)))

@@ -1,20 +1,22 @@
-"""Training of the bundled toy models: DiffusionGemma and its autoregressive Gemma 4 twin.
+"""Training of the model organisms: DiffusionGemma and its autoregressive Gemma 4 twin.
 
 Both use the real transformers classes (``DiffusionGemmaForBlockDiffusion``, ``Gemma4ForCausalLM``)
-with the same text configuration, tokenizer and data (:mod:`diffinterp.organisms.tasks`, all four tasks
-mixed, a task tag first in the prompt).
+with the same text configuration, tokenizer and data: an organism's tasks
+(:mod:`diffinterp.organisms.catalog`) mixed by its weights, a task tag first in the prompt.
 
 Diffusion objective (DiffusionGemma's): the prompt goes through the causal encoder; the clean
 canvas (answer, ``<eos>``, ``<pad>``...) is corrupted by replacing each position with a uniformly
 random token with probability ``t ~ U(0, 1]`` (one ``t`` per example); the decoder predicts the clean
-canvas under cross-entropy over every canvas position. Self-conditioning is trained two-pass: with
-probability 1/2 (per batch) a first, no-grad pass on the same noisy canvas supplies its logits as
-``self_conditioning_logits`` to the second pass; otherwise the second pass gets none.
+canvas under cross-entropy over every canvas position. Self-conditioning is trained by unrolling:
+with probability 1/2 (per batch) ``k`` no-grad passes on the same noisy canvas (``k`` drawn from
+``1 .. sc_passes - 1``) each feed their logits to the next as ``self_conditioning_logits``, and the
+last pass is trained on them; otherwise the trained pass gets none. ``sc_passes = 2`` is the
+two-pass recipe.
 
 AR objective: next-token cross-entropy on ``<bos> prompt : answer <eos>``, over the answer and
-``<eos>`` only (``:`` marks where the prompt ends, see :data:`AR_SEP`).
+``<eos>`` only (``:`` marks where the prompt ends, see :data:`~diffinterp.organisms.batches.AR_SEP`).
 
-    python -m diffinterp train --model diffusion --out DIR [--seed S]
+    diffinterp train --organism carry --model diffusion --out DIR [--seed S]
 """
 
 from __future__ import annotations
@@ -30,14 +32,16 @@ import torch
 import torch.nn.functional as F
 
 from diffinterp.core.configs import tiny_config
-from diffinterp.organisms import tasks as T
-from diffinterp.organisms.batches import CANVAS_LENGTH, ar_batch, canvas_batch, prompt_batch
+from diffinterp.organisms.batches import ar_batch, canvas_batch, prompt_batch
+from diffinterp.organisms.catalog import Organism, organism
+from diffinterp.organisms.checkpoints import save_checkpoint
 from diffinterp.organisms.evaluate import evaluate_task
-from diffinterp.organisms.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, build_tokenizer
+from diffinterp.organisms.task import mixture_stream
+from diffinterp.organisms.tokenizer import BOS_ID, EOS_ID, PAD_ID, TOY4_VOCAB, VOCAB
 
 
 # ------------------------------------------------------------------ configs
-def text_config(size: str = "cpu") -> dict[str, Any]:
+def text_config(size: str = "cpu", vocab_size: int = 72) -> dict[str, Any]:
     """The shared text-stack config (a dict of DiffusionGemma/Gemma 4 text fields).
 
     ``cpu``: 4 layers (sliding, full, sliding, full), d_model 128, dense MLP 128 plus a MoE branch
@@ -46,7 +50,7 @@ def text_config(size: str = "cpu") -> dict[str, Any]:
     ``gpu``: 6 layers, d_model 256, 8 experts: for longer runs where a GPU is available.
     """
     base = {
-        "vocab_size": VOCAB_SIZE,
+        "vocab_size": vocab_size,
         "hidden_size": 128,
         "intermediate_size": 128,
         "num_hidden_layers": 4,
@@ -96,19 +100,19 @@ def text_config(size: str = "cpu") -> dict[str, Any]:
     return base
 
 
-def diffusion_config(size: str = "cpu"):
+def diffusion_config(spec: Organism, size: str = "cpu"):
+    """The ``DiffusionGemmaConfig`` of an organism: the shared text stack, its vocabulary and canvas."""
+    return tiny_config(canvas_length=spec.canvas_length, **text_config(size, spec.vocab_size))
 
-    return tiny_config(canvas_length=CANVAS_LENGTH, **text_config(size))
 
-
-def ar_config(size: str = "cpu"):
+def ar_config(spec: Organism, size: str = "cpu"):
     """``Gemma4TextConfig`` with the same text stack (MoE branch on, no per-layer input embeddings)."""
     from transformers import Gemma4TextConfig
 
-    return Gemma4TextConfig(**text_config(size), enable_moe_block=True, hidden_size_per_layer_input=0)
+    return Gemma4TextConfig(**text_config(size, spec.vocab_size), enable_moe_block=True, hidden_size_per_layer_input=0)
 
 
-def default_generation_config(**overrides):
+def default_generation_config(canvas_length: int = 16, **overrides):
     """The sampler settings shipped with the diffusion checkpoint.
 
     Chosen on a validation set (examples 400-599 of each task's held-out split, never the reported
@@ -122,7 +126,7 @@ def default_generation_config(**overrides):
     )
 
     settings = dict(
-        max_new_tokens=CANVAS_LENGTH,
+        max_new_tokens=canvas_length,
         max_denoising_steps=32,
         t_min=0.5,
         t_max=1.0,
@@ -149,8 +153,13 @@ def corrupt(canvas: torch.Tensor, vocab_size: int, generator: torch.Generator) -
     return torch.where(replace, noise, canvas), t
 
 
-def diffusion_loss(model, input_ids, attention_mask, canvas, generator: torch.Generator) -> torch.Tensor:
-    """DiffusionGemma's objective on one batch (see module docstring)."""
+def diffusion_loss(
+    model, input_ids, attention_mask, canvas, generator: torch.Generator, sc_passes: int = 2
+) -> torch.Tensor:
+    """DiffusionGemma's objective on one batch, self-conditioning unrolled over up to ``sc_passes``
+    passes (see the module docstring)."""
+    if sc_passes < 1:
+        raise ValueError(f"sc_passes must be >= 1 (1 = no self-conditioning), got {sc_passes}")
     vocab = model.config.text_config.vocab_size
     noisy, _ = corrupt(canvas, vocab, generator)
     dec_mask = F.pad(attention_mask, (0, canvas.shape[1]), value=1)
@@ -158,9 +167,11 @@ def diffusion_loss(model, input_ids, attention_mask, canvas, generator: torch.Ge
         input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=noisy, decoder_attention_mask=dec_mask
     )
     sc_logits = None
-    if torch.rand(1, generator=generator).item() < 0.5:
+    if sc_passes > 1 and torch.rand(1, generator=generator).item() < 0.5:
+        unrolled = 1 if sc_passes == 2 else int(torch.randint(1, sc_passes, (1,), generator=generator))
         with torch.no_grad():
-            sc_logits = model(**kwargs).logits.detach()
+            for _ in range(unrolled):
+                sc_logits = model(**kwargs, self_conditioning_logits=sc_logits).logits.detach()
     logits = model(**kwargs, self_conditioning_logits=sc_logits).logits
     return F.cross_entropy(logits.reshape(-1, vocab), canvas.reshape(-1))
 
@@ -173,6 +184,7 @@ def ar_loss(model, input_ids, attention_mask, labels) -> torch.Tensor:
 # ------------------------------------------------------------------ training loop
 @dataclass
 class TrainConfig:
+    organism: str = "toy4"  # a name in diffinterp.organisms.catalog.ORGANISMS
     model: str = "diffusion"  # diffusion | ar
     size: str = "cpu"
     seed: int = 0
@@ -189,7 +201,12 @@ class TrainConfig:
     device: str = "cpu"
     init_from: str | None = None  # warm start from a saved folder (a second training stage)
     stop_after: int | None = None  # stop after this many steps (the LR schedule still spans ``steps``)
+    sc_passes: int | None = None  # self-conditioning passes unrolled (None: the organism's)
     extra: dict = field(default_factory=dict)
+
+    @property
+    def spec(self) -> Organism:
+        return organism(self.organism)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -209,25 +226,26 @@ def build_model(cfg: TrainConfig):
     if cfg.model == "diffusion":
         from transformers import DiffusionGemmaForBlockDiffusion
 
-        model = DiffusionGemmaForBlockDiffusion(diffusion_config(cfg.size))
+        model = DiffusionGemmaForBlockDiffusion(diffusion_config(cfg.spec, cfg.size))
     elif cfg.model == "ar":
         from transformers import Gemma4ForCausalLM
 
-        model = Gemma4ForCausalLM(ar_config(cfg.size))
+        model = Gemma4ForCausalLM(ar_config(cfg.spec, cfg.size))
     else:
         raise ValueError(f"unknown model {cfg.model!r}; choose diffusion or ar")
     return model.to(cfg.device)
 
 
 def batches(cfg: TrainConfig, stream=None):
-    """Endless training batches from ``stream`` (default: the seeded task mixture, :func:`tasks.train_stream`)."""
-    stream = T.train_stream(cfg.seed) if stream is None else stream
+    """Endless training batches from ``stream`` (default: the organism's seeded task mixture)."""
+    spec = cfg.spec
+    stream = mixture_stream(spec.task_objects, spec.weights, cfg.seed) if stream is None else stream
     while True:
         exs = [next(stream) for _ in range(cfg.batch_size)]
         prompts, answers = [e.prompt for e in exs], [e.answer for e in exs]
         if cfg.model == "diffusion":
             ids, mask = prompt_batch(prompts)
-            yield ids, mask, canvas_batch(answers)
+            yield ids, mask, canvas_batch(answers, spec.canvas_length)
         else:
             yield ar_batch(prompts, answers)
 
@@ -235,7 +253,8 @@ def batches(cfg: TrainConfig, stream=None):
 def loss_on(model, batch, cfg: TrainConfig, generator) -> torch.Tensor:
     batch = [b.to(cfg.device) for b in batch]
     if cfg.model == "diffusion":
-        return diffusion_loss(model, *batch, generator=generator)
+        passes = cfg.sc_passes if cfg.sc_passes is not None else cfg.spec.sc_passes
+        return diffusion_loss(model, *batch, generator=generator, sc_passes=passes)
     return ar_loss(model, *batch)
 
 
@@ -302,13 +321,26 @@ def _run(cfg: TrainConfig, n_steps: int | None = None, on_step=None, quiet: bool
 
 
 def quick_eval(model, cfg: TrainConfig, n: int) -> dict[str, float]:
-    """Exact match on the first ``n`` held-out examples of each task (the shipped sampler settings)."""
-
-    out = {}
-    for task in T.TASKS:
-        res = evaluate_task(model, task, n=n, model_kind=cfg.model, batch_size=n)
-        out[task] = res["accuracy"]
+    """Exact match on the first ``n`` held-out examples of each task with the shipped sampler
+    settings, and for the diffusion model also in one pass (``TASK/1``: ``max_denoising_steps=1``),
+    so the training log records whether the loop is load-bearing as training goes."""
+    spec, out = cfg.spec, {}
+    for task in spec.tasks:
+        kwargs = dict(n=n, model_kind=cfg.model, batch_size=n, canvas_length=spec.canvas_length)
+        out[task] = evaluate_task(model, task, **kwargs, **_generation(cfg))["accuracy"]
+        if cfg.model == "diffusion":
+            out[f"{task}/1"] = evaluate_task(model, task, **kwargs, **_generation(cfg, max_denoising_steps=1))[
+                "accuracy"
+            ]
     return out
+
+
+def _generation(cfg: TrainConfig, **overrides) -> dict:
+    """Generation arguments of a model under training (the organism's shipped settings)."""
+    if cfg.model != "diffusion":
+        return {}
+    config = default_generation_config(cfg.spec.canvas_length, **{**cfg.spec.sampler, **overrides})
+    return {"generation_config": config}
 
 
 def save_loss_curve(history: list[dict], path: Path, title: str) -> None:
@@ -331,9 +363,14 @@ def save_loss_curve(history: list[dict], path: Path, title: str) -> None:
     ax[0].set_ylabel("training cross-entropy")
     ax[0].legend()
     evals = [h for h in history if "eval" in h]
-    for task in T.TASKS:
+    for key in dict.fromkeys(k for h in evals for k in h["eval"]):
+        one_pass = key.endswith("/1")
         ax[1].plot(
-            [h["step"] + 1 for h in evals], [h["eval"].get(task, float("nan")) for h in evals], marker="o", label=task
+            [h["step"] + 1 for h in evals],
+            [h["eval"].get(key, float("nan")) for h in evals],
+            marker="o",
+            linestyle=":" if one_pass else "-",
+            label=f"{key[:-2]} (one pass)" if one_pass else key,
         )
     ax[1].set_ylim(0, 1.02)
     ax[1].set_xlabel("optimizer step")
@@ -346,27 +383,30 @@ def save_loss_curve(history: list[dict], path: Path, title: str) -> None:
 
 
 def train(cfg: TrainConfig, out: str | Path, stream=None) -> Path:
-    """Train ``cfg.model`` and save an HF folder (weights, configs, tokenizer, loss curve, log) to ``out``.
+    """Train ``cfg.model`` on ``cfg.organism`` and save an HF folder (weights, configs, tokenizer,
+    loss curve, log, metadata) to ``out``.
 
-    ``stream``: an iterator of :class:`tasks.Example` to train on instead of the standard mixture.
+    ``stream``: an iterator of :class:`~diffinterp.organisms.task.Example` to train on instead of
+    the organism's mixture.
     """
+    spec = cfg.spec
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     model, history = _run(cfg, evaluate=lambda m: quick_eval(m, cfg, cfg.eval_n), stream=stream)
     minutes = (time.time() - t0) / 60
     model = model.to("cpu")
     if cfg.model == "diffusion":
-        model.generation_config = default_generation_config()
+        model.generation_config = default_generation_config(spec.canvas_length, **spec.sampler)
     else:
         from transformers import GenerationConfig
 
         model.generation_config = GenerationConfig(
-            do_sample=False, max_new_tokens=CANVAS_LENGTH, bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID
+            do_sample=False,
+            max_new_tokens=spec.canvas_length,
+            bos_token_id=BOS_ID,
+            eos_token_id=EOS_ID,
+            pad_token_id=PAD_ID,
         )
-    model.save_pretrained(out, safe_serialization=True)
-    build_tokenizer().save_pretrained(out)
-    save_loss_curve(history, out / "loss_curve.png", f"{cfg.model} ({cfg.size} config, seed {cfg.seed})")
     log = {
         "train_config": asdict(cfg),
         "minutes": minutes,
@@ -376,14 +416,19 @@ def train(cfg: TrainConfig, out: str | Path, stream=None) -> Path:
         "torch": torch.__version__,
         "threads": cfg.threads,
     }
-    (out / "training_log.json").write_text(json.dumps(log, indent=1))
-    meta = {
-        "demo_prompt": "arith a=3 b=a+4 c=b*2 ? c",
+    metadata = {
+        "organism": spec.name,
+        "phenomenon": spec.phenomenon,
+        "demo_prompt": spec.demo_prompt,
         "trained": True,
-        "tasks": list(T.TASKS),
+        "tasks": list(spec.tasks),
+        "canvas_length": spec.canvas_length,
         "model": cfg.model,
         "docs": "docs/model.md",
     }
-    (out / "diffinterp.json").write_text(json.dumps(meta, indent=2))
-    (out / "loss_history.json").write_text(json.dumps([[h["step"], round(h["loss"], 5)] for h in history]))
+    vocab = TOY4_VOCAB if spec.vocab_size == 64 else VOCAB
+    with save_checkpoint(out, model, metadata, vocab) as folder:
+        save_loss_curve(history, folder / "loss_curve.png", f"{spec.name} {cfg.model} ({cfg.size}, seed {cfg.seed})")
+        (folder / "training_log.json").write_text(json.dumps(log, indent=1))
+        (folder / "loss_history.json").write_text(json.dumps([[h["step"], round(h["loss"], 5)] for h in history]))
     return out

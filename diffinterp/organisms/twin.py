@@ -1,8 +1,8 @@
-"""The autoregressive twin of the bundled DiffusionGemma: ``Gemma4ForCausalLM``, our stand-in for
+"""The autoregressive twin of an organism's DiffusionGemma: ``Gemma4ForCausalLM``, our stand-in for
 "Gemma 4", trained with the same text configuration, tokenizer and data (prompt, then the answer).
 
     import diffinterp as di
-    ar = di.load_ar_baseline()           # ARBaseline(model=Gemma4ForCausalLM, tokenizer=...)
+    ar = di.load_ar_baseline("toy4")     # ARBaseline(model=Gemma4ForCausalLM, tokenizer=...)
     model, tokenizer = ar                # it unpacks like a (model, tokenizer) pair
     ar.complete(["arith a=3 b=a+4 c=b*2 ? c"])   # ['b = 7 c = 1 4 = 1 4'] (greedy, up to <eos>)
 """
@@ -10,13 +10,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from diffinterp.core.loading import check_loading_info, validate_checkpoint_folder
+from diffinterp.core.loading import (
+    DEFAULT_MODEL,
+    check_loading_info,
+    checkpoint_metadata,
+    resolve_model_path,
+    validate_checkpoint_folder,
+)
 from diffinterp.organisms.batches import CANVAS_LENGTH, prompt_batch
 from diffinterp.organisms.tokenizer import EOS_ID, PAD_ID, decode
 
@@ -24,14 +29,14 @@ AR_MODEL_TYPE = "gemma4_text"
 AR_ARCHITECTURE = "Gemma4ForCausalLM"
 
 
-def bundled_ar_path() -> Path:
-    """Folder of the AR twin shipped with the package."""
-    return Path(str(resources.files("diffinterp").joinpath("assets", "ar")))
+def bundled_ar_path(name: str | None = None) -> Path:
+    """Folder of a bundled organism's AR twin (default: the default model's)."""
+    return resolve_model_path(name or DEFAULT_MODEL, kind="ar")
 
 
-def bundled_diffusion_path() -> Path:
-    """Folder of the toy DiffusionGemma shipped with the package."""
-    return Path(str(resources.files("diffinterp").joinpath("assets", "diffusion")))
+def bundled_diffusion_path(name: str | None = None) -> Path:
+    """Folder of a bundled organism's DiffusionGemma (default: the default model)."""
+    return resolve_model_path(name or DEFAULT_MODEL)
 
 
 @dataclass
@@ -41,12 +46,14 @@ class ARBaseline:
     model: Any
     tokenizer: Any
     path: Path | None = None
+    max_new_tokens: int = CANVAS_LENGTH  # the organism's canvas: the longest answer + <eos>
 
     def __iter__(self):
         return iter((self.model, self.tokenizer))
 
     def complete(self, prompts: list[str], **gen_kwargs: Any) -> list[str]:
         """Greedy completions of task prompts (text up to ``<eos>``, tokens joined by spaces)."""
+        gen_kwargs.setdefault("max_new_tokens", self.max_new_tokens)
         return ar_predict(self.model, list(prompts), **gen_kwargs)
 
 
@@ -66,14 +73,15 @@ def validate_ar_folder(path: Path) -> None:
 
 
 def load_ar_baseline(path: str | Path | None = None, *, device: str | None = None) -> ARBaseline:
-    """Load the AR twin (default: the bundled one) as an :class:`ARBaseline`.
+    """Load an AR twin as an :class:`ARBaseline`: a bundled organism's by name (``"latin"``; default:
+    the default model's) or an HF ``Gemma4ForCausalLM`` folder.
 
     Raises ``FileNotFoundError``/``ValueError`` naming the problem for a missing, corrupted or
     other-architecture folder.
     """
     from transformers import AutoTokenizer, Gemma4ForCausalLM
 
-    folder = Path(path) if path is not None else bundled_ar_path()
+    folder = resolve_model_path(path or DEFAULT_MODEL, kind="ar")
     validate_ar_folder(folder)
     try:
         model, info = Gemma4ForCausalLM.from_pretrained(str(folder), use_safetensors=True, output_loading_info=True)
@@ -85,4 +93,5 @@ def load_ar_baseline(path: str | Path | None = None, *, device: str | None = Non
     tokenizer = None
     if (folder / "tokenizer.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    return ARBaseline(model=model.eval(), tokenizer=tokenizer, path=folder)
+    canvas = checkpoint_metadata(folder).get("canvas_length", CANVAS_LENGTH)
+    return ARBaseline(model=model.eval(), tokenizer=tokenizer, path=folder, max_new_tokens=int(canvas))

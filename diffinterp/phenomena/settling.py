@@ -1,5 +1,4 @@
-"""Settling: the step at which each canvas position commits to its final token, and whether an answer
-commits before the reasoning it depends on (non-chronological reasoning).
+"""Settling: the step at which each canvas position commits to its final token (non-chronological reasoning).
 
 Shapes: ``S`` steps, ``B`` rows (prompts), ``P`` canvas positions, ``L`` layers.
 
@@ -14,17 +13,10 @@ Definitions (what the sampler does, see ``diffinterp.core.sampler``):
   accepted (the whole argmax canvas is committed then). A position not accepted at its row's last
   step therefore settles at ``last``; every position settles at some step in ``[0, last]``.
 
-Regions of the final canvas (:func:`find_regions`), on the row's content (positions before the
-first EOS, pads dropped):
-
-- toy ``arith`` outputs (``b = 7 c = 1 4 = 1 4``): **answer** = the tokens after the last ``=``;
-  **dependency** = the last scratch value, the tokens between the last two ``=`` (``1 4``);
-  **scratch** = every content token before the last ``=``.
-- generic fallback (any vocabulary, or output the arith parse rejects): answer = the last content
-  token; dependency = scratch = every earlier content token.
-
-A region settles when its last token settles (``reduce="max"``); :func:`settle_order` compares
-the answer's step with the reasoning's: -1 strictly before, 0 same step (tie), +1 after.
+A region (a set of positions, e.g. a task's answer or its scratchpad) settles when its last token
+settles (:func:`region_step`). :func:`corrupt_tokens`, :func:`replace_positions_hook` and
+:func:`outcome` serve the causal tests: corrupt a token from a step on and see whether what depends
+on it follows.
 """
 
 from __future__ import annotations
@@ -35,14 +27,7 @@ from dataclasses import dataclass
 import matplotlib
 
 matplotlib.use("Agg")
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-from diffinterp.stats import proportion  # noqa: E402
-
-BEFORE, TIE, AFTER = -1, 0, 1
-ORDER_NAMES = {BEFORE: "before", TIE: "tie", AFTER: "after"}
-OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442", "#000000"]
 
 
 # ------------------------------------------------------------------------------- settle steps
@@ -102,18 +87,6 @@ def trajectory_settling(trajectory, block: int = 0) -> Settling:
 
 
 # ------------------------------------------------------------------------------- regions
-@dataclass
-class Regions:
-    """Where the answer and its reasoning sit in the final canvas: ``BoolTensor [B, P]`` masks;
-    ``arith`` ``[B]``: True where the arith parse applied (False = the generic fallback)."""
-
-    answer: torch.Tensor
-    dependency: torch.Tensor
-    scratch: torch.Tensor
-    arith: torch.Tensor
-
-    def positions(self, name: str, row: int) -> list[int]:
-        return getattr(self, name)[row].nonzero().flatten().tolist()
 
 
 def content_positions(tokens: Sequence[int], eos_id: int, pad_id: int) -> list[int]:
@@ -125,42 +98,6 @@ def content_positions(tokens: Sequence[int], eos_id: int, pad_id: int) -> list[i
         if token != pad_id:
             out.append(pos)
     return out
-
-
-def arith_spans(tokens: Sequence[int], content: Sequence[int], eq_id: int):
-    """``(answer, dependency, scratch)`` positions of an arith output, or None if it is not
-    ``... = v = a``: at least two ``=`` and non-empty tokens between and after the last two."""
-    equals = [pos for pos in content if tokens[pos] == eq_id]
-    if len(equals) < 2:
-        return None
-    answer = [pos for pos in content if pos > equals[-1]]
-    dependency = [pos for pos in content if equals[-2] < pos < equals[-1]]
-    if not answer or not dependency:
-        return None
-    return answer, dependency, [pos for pos in content if pos < equals[-1]]
-
-
-def generic_spans(content: Sequence[int]):
-    """``(answer, dependency, scratch)``: the last content position, and every earlier one (twice)."""
-    content = list(content)
-    if not content:
-        return [], [], []
-    return content[-1:], content[:-1], content[:-1]
-
-
-def find_regions(tokens: torch.Tensor, eos_id: int, pad_id: int, eq_id: int | None = None) -> Regions:
-    """:class:`Regions` of final canvases ``[B, P]``; ``eq_id`` (the ``=`` token) enables the arith parse."""
-    if tokens.dim() != 2:
-        raise ValueError(f"tokens must be [batch, pos], got shape {list(tokens.shape)}")
-    masks = torch.zeros(3, *tokens.shape, dtype=torch.bool)
-    arith = torch.zeros(tokens.shape[0], dtype=torch.bool)
-    for row, values in enumerate(tokens.tolist()):
-        content = content_positions(values, eos_id, pad_id)
-        spans = arith_spans(values, content, eq_id) if eq_id is not None else None
-        arith[row] = spans is not None
-        for index, positions in enumerate(spans or generic_spans(content)):
-            masks[index, row, positions] = True
-    return Regions(masks[0], masks[1], masks[2], arith)
 
 
 # ------------------------------------------------------------------------------- comparisons
@@ -178,49 +115,7 @@ def region_step(settle: torch.Tensor, mask: torch.Tensor, reduce: str = "max") -
     return torch.where(mask.any(1), value, torch.full_like(value, -1))
 
 
-def settle_order(answer_step: torch.Tensor, reasoning_step: torch.Tensor) -> torch.Tensor:
-    """-1 / 0 / +1 ``[B]``: the answer settles strictly before / at the same step as / after the reasoning."""
-    return torch.sign(answer_step - reasoning_step).long()
-
-
-def order_fractions(order: torch.Tensor, valid: torch.Tensor) -> dict:
-    """Fractions (Wilson 95% CIs) of before / tie / after among the ``valid`` rows."""
-    picked = order[valid.bool()]
-    n = int(picked.numel())
-    return {name: proportion(int((picked == code).sum()), n) for code, name in ORDER_NAMES.items()}
-
-
 # ------------------------------------------------------------------------------- logit lens
-def answer_lens_steps(
-    lens_argmax: torch.Tensor, final: torch.Tensor, answer: torch.Tensor, last: torch.Tensor
-) -> torch.Tensor:
-    """First step ``[L, B]`` at which layer ``l``'s lens argmax equals the final token at every
-    answer position (-1: never by the row's last step). ``lens_argmax`` ``[S, L, B, P]``."""
-    hits = (lens_argmax == final[None, None]) | ~answer.bool()[None, None]  # [S, L, B, P]
-    hits = hits.all(-1) & answer.bool().any(-1)[None, None]  # [S, L, B]
-    steps = torch.arange(hits.shape[0])[:, None, None]
-    hits &= steps <= last[None, None, :]
-    first = hits.float().argmax(0)
-    return torch.where(hits.any(0), first, torch.full_like(first, -1))
-
-
-def region_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` ``[..., B, P]`` over ``mask`` ``[B, P]`` positions: ``[..., B]`` (NaN if empty)."""
-    mask = mask.to(values.dtype)
-    return (values * mask).sum(-1) / mask.sum(-1)
-
-
-def align_to(values: torch.Tensor, anchor: torch.Tensor, last: torch.Tensor, offsets: Sequence[int]):
-    """Mean of ``values`` ``[S, B]`` at step ``anchor[b] + o`` for each offset ``o`` (rows where that
-    step is in ``[0, last[b]]`` and ``anchor >= 0``): ``(means [O], counts [O])`` (NaN where none)."""
-    means, counts = [], []
-    for offset in offsets:
-        step = anchor + offset
-        ok = (anchor >= 0) & (step >= 0) & (step <= last) & (step < values.shape[0])
-        picked = values[step[ok], torch.arange(values.shape[1])[ok]]
-        counts.append(int(ok.sum()))
-        means.append(float(picked.mean()) if picked.numel() else float("nan"))
-    return np.array(means), np.array(counts)
 
 
 # ------------------------------------------------------------------------------- causal test
@@ -274,23 +169,14 @@ def outcome(new_answer: Sequence[int], clean_answer: Sequence[int], implied: Seq
 
 
 __all__ = [
-    "Regions",
     "Settling",
-    "align_to",
-    "answer_lens_steps",
-    "arith_spans",
     "content_positions",
     "corrupt_tokens",
     "final_tokens",
-    "find_regions",
-    "generic_spans",
     "last_steps",
-    "order_fractions",
     "outcome",
-    "region_mean",
     "region_step",
     "replace_positions_hook",
-    "settle_order",
     "settle_steps",
     "trajectory_settling",
 ]

@@ -28,6 +28,12 @@ Definitions (``f`` = the final canvas, ``c`` = an intermediate canvas, ``w`` = `
 
 Only **intermediate** canvases are searched: steps a row ran before its last step (``active`` and
 a later active step exists), in blocks the row still generates (no EOS in an earlier block).
+
+**Alignment mass** (a planted smear's ground truth): when a task has several valid answers that
+are shifts of each other (an optional leading spacer), :func:`alignment_mass` gives, at every step,
+the mean probability the model puts on each alignment's tokens over the positions they share;
+:func:`alignment_share` the second alignment's share of the two. A 50/50 superposition of two
+alignments reads 0.5.
 """
 
 from __future__ import annotations
@@ -35,15 +41,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import torch  # noqa: E402
-
-from diffinterp import stats  # noqa: E402
+from diffinterp import stats
 
 KINDS = ("token", "token_sampled", "soft", "sequence", "sequence_next")
-OKABE_ITO = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
 RELATIVE_BINS = 4
 
 
@@ -394,7 +396,35 @@ def smear_rates(scan: SmearScan, rows: Sequence[int]) -> dict:
     }
 
 
+def alignment_mass(probs: torch.Tensor, alignments: Sequence[Sequence[Sequence[int]]]) -> torch.Tensor:
+    """Mean probability of each alignment's tokens: ``probs`` ``[S, B, P, V]`` (softmax of each step's
+    logits), ``alignments[b]`` the token-id lists of row ``b``'s valid answers (each ending in EOS);
+    the mean runs over the positions every alignment of the row covers. ``[S, B, A]``."""
+    steps, batch, positions, _ = probs.shape
+    if len(alignments) != batch:
+        raise ValueError(f"need one list of alignments per row: {len(alignments)} for {batch} rows")
+    width = len(alignments[0])
+    out = torch.zeros(steps, batch, width)
+    for b, options in enumerate(alignments):
+        if len(options) != width:
+            raise ValueError(f"every row needs the same number of alignments ({width}); row {b} has {len(options)}")
+        common = min(min(len(tokens) for tokens in options), positions)
+        for a, tokens in enumerate(options):
+            index = torch.tensor(list(tokens[:common]), device=probs.device)
+            picked = probs[:, b, torch.arange(common, device=probs.device), index]  # [S, common]
+            out[:, b, a] = picked.float().mean(-1).cpu()
+    return out
+
+
+def alignment_share(mass: torch.Tensor, which: int = 1) -> torch.Tensor:
+    """Alignment ``which``'s share of the total mass of the first two: ``[S, B]`` from ``[S, B, A]``."""
+    total = mass[..., 0] + mass[..., 1]
+    return mass[..., which] / total.clamp(min=1e-12)
+
+
 __all__ = [
+    "alignment_mass",
+    "alignment_share",
     "KINDS",
     "SequenceSmear",
     "SmearScan",

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from diffinterp.records.serialization import load_records, save_records
+from diffinterp.records.serialization import load_records, require, require_keys, save_records
 
 KIND = "diffinterp.DenoisingCache"
 Key = tuple[str, int | None, int]
@@ -49,8 +49,10 @@ class DenoisingCache:
     def check_budget(self, nbytes: int, what: str = "this cache") -> None:
         if self.max_bytes is not None and nbytes > self.max_bytes:
             raise CacheBudgetError(
-                f"{what} needs {_human(nbytes)}, over max_bytes={_human(self.max_bytes)}: record fewer hooks, "
-                "steps, blocks or positions, store a smaller dtype, or raise max_bytes"
+                f"{what} needs {_human(nbytes)}, over max_bytes={_human(self.max_bytes)} (by default 80% of the "
+                "free memory where the cache goes): record fewer hooks (names_filter=), "
+                "steps, blocks or positions (steps=, blocks=, positions=), store a smaller dtype (dtype=), "
+                "cache on another device (device=), or set max_bytes (None: no check)"
             )
 
     def add(self, name: str, step: int | None, block: int, tensor: torch.Tensor) -> None:
@@ -200,14 +202,31 @@ class DenoisingCache:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> DenoisingCache:
+        """Read a cache saved by :meth:`save` (its tensors are used as read, not copied again; moved to
+        ``device`` if given); a :class:`~diffinterp.records.serialization.RecordError` names the field
+        of any file that does not match its own description."""
         tensors, meta = load_records(path, KIND)
-        positions = meta.get("positions")
+        require_keys(path, meta, ("entries", "positions"), "meta")
+        entries, positions = meta["entries"], meta["positions"]
+        require(path, isinstance(entries, list), "meta.entries", "must be a list of [name, step, block]")
+        require(path, positions is None or (isinstance(positions, list) and all(isinstance(p, int) for p in positions)),
+                "meta.positions", f"must be null or a list of ints, got {positions!r}")  # fmt: skip
+        require(path, len(entries) == len(tensors), "meta.entries",
+                f"lists {len(entries)} entries for {len(tensors)} stored tensors")  # fmt: skip
         cache = cls(device=device, positions=tuple(positions) if positions is not None else None)
-        try:
-            for index, (name, step, block) in enumerate(meta["entries"]):
-                cache.add(name, step, block, tensors[f"t{index}"])
-        except KeyError as err:
-            raise ValueError(f"{path} is missing cache entry {err}; the file is incomplete or mismatched") from err
+        for index, entry in enumerate(entries):
+            ok = isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
+            ok = ok and (entry[1] is None or isinstance(entry[1], int)) and isinstance(entry[2], int)
+            require(path, ok, f"meta.entries[{index}]", f"must be [hook name, step or null, block], got {entry!r}")
+            name, step, block = entry
+            require(path, f"t{index}" in tensors, f"t{index}", f"entry {entry} has no stored tensor")
+            require(path, (step is None) == name.startswith("encoder."), f"meta.entries[{index}]",
+                    f"'{name}' with step {step!r}: encoder entries have no step, decoder entries one")  # fmt: skip
+            key = (name, step, block)
+            require(path, key not in cache._store, f"meta.entries[{index}]", f"{entry} is listed twice")
+            tensor = tensors[f"t{index}"]
+            cache._store[key] = tensor if device is None else tensor.to(device)
+            cache._nbytes += tensor.numel() * tensor.element_size()
         return cache
 
 

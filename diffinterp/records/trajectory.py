@@ -22,10 +22,12 @@ from typing import Any
 
 import torch
 
-from diffinterp.records.serialization import load_records, save_records
+from diffinterp.records.modes import Bottleneck
+from diffinterp.records.serialization import RecordError, load_records, require, require_keys, save_records
 
 KIND = "diffinterp.Trajectory"
 _STEP_TENSORS = ("canvas_in", "sampled", "argmax", "accepted", "canvas_out", "entropy", "active")
+_TOP_TENSORS = ("prompt_ids", "attention_mask", "sequences", "tokens_per_forward")
 
 
 @dataclass
@@ -188,46 +190,79 @@ class Trajectory:
 
     @classmethod
     def load(cls, path: str | Path) -> Trajectory:
+        """Read a trajectory saved by :meth:`save`; a :class:`~diffinterp.records.serialization.RecordError`
+        names the field of any file that does not match its own description."""
         tensors, meta = load_records(path, KIND)
+        require_keys(path, meta, ("bottleneck", "generation", "canvas_length", "blocks"), "meta")
         try:
-            blocks = []
-            for block_meta in meta["blocks"]:
-                index = block_meta["block"]
-                steps = []
-                for step_meta in block_meta["steps"]:
-                    prefix = f"block{index}.step{step_meta['step']}"
-                    values = {name: tensors[f"{prefix}.{name}"] for name in _STEP_TENSORS}
-                    rng = tensors.get(f"{prefix}.rng_state")
-                    steps.append(
-                        StepRecord(
-                            **step_meta,
-                            **values,
-                            logits=tensors.get(f"{prefix}.logits"),
-                            rng_state=RngState(rng) if rng is not None else None,
-                        )
-                    )
-                block_rng = tensors.get(f"block{index}.rng_state")
-                blocks.append(
-                    BlockRecord(
-                        index,
-                        block_meta["prefix_len"],
-                        steps,
-                        tensors[f"block{index}.final_canvas"],
-                        rng_state=RngState(block_rng) if block_rng is not None else None,
-                    )
+            bottleneck = str(Bottleneck.parse(meta["bottleneck"]))
+        except (TypeError, ValueError) as err:
+            raise RecordError(path, "meta.bottleneck", str(err)) from err
+        require(path, isinstance(meta["generation"], dict), "meta.generation", "must be a JSON object")
+        canvas = meta["canvas_length"]
+        require(
+            path,
+            isinstance(canvas, int) and canvas > 0,
+            "meta.canvas_length",
+            f"must be a positive int, got {canvas!r}",
+        )
+        for name in _TOP_TENSORS:
+            require(path, name in tensors, name, "missing")
+        batch = tensors["prompt_ids"].shape[0]
+        require(path, tensors["prompt_ids"].dim() == 2, "prompt_ids", "must be [batch, prompt_len]")
+        require(path, tensors["attention_mask"].shape == tensors["prompt_ids"].shape, "attention_mask",
+                f"shape {list(tensors['attention_mask'].shape)} differs from prompt_ids {list(tensors['prompt_ids'].shape)}")  # fmt: skip
+        used = set(_TOP_TENSORS)
+        blocks = []
+        require(path, isinstance(meta["blocks"], list), "meta.blocks", "must be a list")
+        for b, block_meta in enumerate(meta["blocks"]):
+            require_keys(path, block_meta, ("block", "prefix_len", "steps"), f"meta.blocks[{b}]")
+            index = block_meta["block"]
+            require(path, index == b, f"meta.blocks[{b}].block", f"blocks must be numbered 0.., got {index!r}")
+            steps = []
+            for s_, step_meta in enumerate(block_meta["steps"]):
+                require_keys(path, step_meta, ("step", "hf_step", "temperature"), f"meta.blocks[{b}].steps[{s_}]")
+                require(
+                    path, step_meta["step"] == s_, f"meta.blocks[{b}].steps[{s_}].step", "steps must be numbered 0.."
                 )
-            return cls(
-                prompt_ids=tensors["prompt_ids"],
-                attention_mask=tensors["attention_mask"],
-                sequences=tensors["sequences"],
-                blocks=blocks,
-                bottleneck=meta["bottleneck"],
-                generation=meta["generation"],
-                canvas_length=meta["canvas_length"],
-                tokens_per_forward=tensors["tokens_per_forward"],
-            )
-        except KeyError as err:
-            raise ValueError(f"{path} is missing trajectory entry {err}; the file is incomplete or mismatched") from err
+                prefix = f"block{index}.step{s_}"
+                values = {}
+                for name in _STEP_TENSORS:
+                    key = f"{prefix}.{name}"
+                    require(path, key in tensors, key, "listed in the metadata but not stored")
+                    expected = (batch,) if name == "active" else (batch, canvas)
+                    require(path, tuple(tensors[key].shape) == expected, key,
+                            f"shape {list(tensors[key].shape)}, expected {list(expected)}")  # fmt: skip
+                    values[name] = tensors[key]
+                    used.add(key)
+                logits = tensors.get(f"{prefix}.logits")
+                if logits is not None:
+                    require(path, tuple(logits.shape[:2]) == (batch, canvas) and logits.dim() == 3,
+                            f"{prefix}.logits", f"shape {list(logits.shape)}, expected [{batch}, {canvas}, vocab]")  # fmt: skip
+                    used.add(f"{prefix}.logits")
+                rng = tensors.get(f"{prefix}.rng_state")
+                used.add(f"{prefix}.rng_state")
+                steps.append(StepRecord(**step_meta, **values, logits=logits,
+                                        rng_state=RngState(rng) if rng is not None else None))  # fmt: skip
+            final = f"block{index}.final_canvas"
+            require(path, final in tensors, final, "listed in the metadata but not stored")
+            require(path, tuple(tensors[final].shape) == (batch, canvas), final, "shape does not match the canvas")
+            used |= {final, f"block{index}.rng_state"}
+            block_rng = tensors.get(f"block{index}.rng_state")
+            blocks.append(BlockRecord(index, block_meta["prefix_len"], steps, tensors[final],
+                                      rng_state=RngState(block_rng) if block_rng is not None else None))  # fmt: skip
+        extra = sorted(set(tensors) - used)
+        require(path, not extra, "meta.blocks", f"the file stores {extra[:3]} that the metadata does not list")
+        return cls(
+            prompt_ids=tensors["prompt_ids"],
+            attention_mask=tensors["attention_mask"],
+            sequences=tensors["sequences"],
+            blocks=blocks,
+            bottleneck=bottleneck,
+            generation=meta["generation"],
+            canvas_length=canvas,
+            tokens_per_forward=tensors["tokens_per_forward"],
+        )
 
 
 def step_field_names() -> list[str]:

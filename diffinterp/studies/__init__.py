@@ -21,6 +21,7 @@ from diffinterp.studies.output import StudyOutput
 from diffinterp.studies.prompts import (
     RANDOM_TASK,
     PromptSet,
+    model_tasks,
     prompt_set,
     random_prompt_set,
     toy_prompt_set,
@@ -29,6 +30,7 @@ from diffinterp.studies.prompts import (
 from diffinterp.studies.runs import (
     DEFAULT_BATCH_SIZE,
     StudyBatch,
+    generation_options,
     model_info,
     rerun_kwargs,
     run_prompt_set,
@@ -42,7 +44,9 @@ __all__ = [
     "StudyBatch",
     "StudyOutput",
     "decode_output",
+    "generation_options",
     "model_info",
+    "model_tasks",
     "output_tokens",
     "prompt_set",
     "random_prompt_set",

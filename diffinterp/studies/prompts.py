@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from diffinterp.organisms import tasks as toy_tasks
-from diffinterp.organisms.tasks import TASKS
+from diffinterp.organisms.catalog import TASKS, organism_of
+from diffinterp.organisms.catalog import task as catalog_task
 from diffinterp.organisms.tokenizer import VOCAB
 
 RANDOM_TASK = "random"
@@ -65,23 +65,34 @@ class PromptSet:
 
 
 def uses_toy_tokenizer(hm) -> bool:
-    """True iff ``hm``'s tokenizer is the toy tasks' tokenizer (so the toy tasks apply)."""
-
+    """True iff ``hm``'s tokenizer is an organisms' tokenizer (its vocabulary a prefix of theirs), so
+    the organisms' task prompts mean to it what they say."""
     tokenizer = getattr(hm, "tokenizer", None)
     if tokenizer is None:
         return False
     vocab = tokenizer.get_vocab()
-    return len(vocab) == len(VOCAB) and all(vocab.get(token) == i for i, token in enumerate(VOCAB))
+    return len(vocab) <= len(VOCAB) and all(vocab.get(token) == i for i, token in enumerate(VOCAB[: len(vocab)]))
 
 
-def toy_prompt_set(hm, task: str, n: int) -> PromptSet:
-    """The first ``n`` held-out examples of a toy task (``diffinterp.organisms.tasks``)."""
+def model_tasks(hm) -> tuple[str, ...]:
+    """The tasks ``hm`` was trained on (its organism's, from the checkpoint's metadata), or ``()`` for
+    a model diffinterp knows nothing about (then studies run on seeded random prompts)."""
+    spec = organism_of(hm)
+    if spec is not None and uses_toy_tokenizer(hm):
+        return spec.tasks
+    return ()
 
-    examples = toy_tasks.test_set(task, n)
+
+def toy_prompt_set(hm, task: str, n: int, *, offset: int = 0) -> PromptSet:
+    """Held-out examples ``offset .. offset + n - 1`` of an organism's task (their prompts, answers and
+    hidden labels)."""
+    examples = catalog_task(task).test_set(n, offset=offset)
     texts = [example.prompt for example in examples]
     ids, mask = hm.to_tokens(texts)
-    labels = [toy_tasks.hidden_property(example) for example in examples]
-    return PromptSet(task, ids, mask, texts, [example.answer for example in examples], labels if any(labels) else None)
+    spec = catalog_task(task)
+    labels = [spec.hidden_property(example) for example in examples] if spec.hidden_property else None
+    answers = [example.answer for example in examples]
+    return PromptSet(task, ids, mask, texts, answers, labels if labels and any(labels) else None)
 
 
 def random_prompt_set(
@@ -110,14 +121,13 @@ def random_prompt_set(
     return PromptSet(RANDOM_TASK, ids.to(device), mask.to(device), labels=labels)
 
 
-def prompt_set(hm, task: str, n: int, *, seed: int = 0) -> PromptSet:
-    """Prompts for ``task``: the toy task's held-out split when ``hm`` speaks the toy tokenizer,
-    otherwise seeded random prompts (see :func:`random_prompt_set`)."""
-
+def prompt_set(hm, task: str, n: int, *, seed: int = 0, offset: int = 0) -> PromptSet:
+    """Prompts for ``task``: its held-out split when ``hm`` speaks the organisms' tokenizer (examples
+    ``offset ..``), otherwise seeded random prompts (see :func:`random_prompt_set`)."""
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     if task not in (*TASKS, RANDOM_TASK):
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join((*TASKS, RANDOM_TASK))}")
     if task != RANDOM_TASK and uses_toy_tokenizer(hm):
-        return toy_prompt_set(hm, task, n)
+        return toy_prompt_set(hm, task, n, offset=offset)
     return random_prompt_set(hm.config.text_config.vocab_size, n, seed=seed, device=hm.model.device)

@@ -6,14 +6,16 @@ for batch in run_prompt_set(hm, ps, names_filter="decoder.blocks.*.hook_resid_po
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from diffinterp.core.sampler import generation_kwargs
-from diffinterp.organisms.tasks import normalize
+from diffinterp.organisms.catalog import TASKS
+from diffinterp.organisms.task import Example
+from diffinterp.organisms.tokenizer import normalize_text
 from diffinterp.records.cache import DenoisingCache
 from diffinterp.records.decoding import decode_output
 from diffinterp.records.trajectory import Trajectory
@@ -54,15 +56,23 @@ class StudyBatch:
     predictions: list[str]
     correct: torch.Tensor | None
     seed: int
+    reduced: dict[int, Any] = field(default_factory=dict)
 
 
-def score_predictions(hm, predictions: list[str], answers: list[str] | None) -> torch.Tensor | None:
-    """Exact match of decoded ``predictions`` against reference ``answers``: ``BoolTensor [n]``, or
-    ``None`` without answers (toy tokenizer: the toy tasks' normalisation; otherwise token lists)."""
+def score_predictions(
+    hm, predictions: list[str], answers: list[str] | None, task: str | None = None, texts: list[str] | None = None
+) -> torch.Tensor | None:
+    """Right answers among decoded ``predictions``: ``BoolTensor [n]``, or ``None`` without reference
+    ``answers``. For an organism's ``task`` (with the prompt ``texts``) the task decides (its
+    normalisation and any valid alternatives); otherwise token lists must match."""
     if answers is None:
         return None
-    if uses_toy_tokenizer(hm):
-        return torch.tensor([normalize(p) == normalize(a) for p, a in zip(predictions, answers, strict=True)])
+    if task in TASKS and texts is not None and uses_toy_tokenizer(hm):
+        judge = TASKS[task]
+        examples = [Example(task, text, answer) for text, answer in zip(texts, answers, strict=True)]
+        return torch.tensor([judge.accepts(p, e) for p, e in zip(predictions, examples, strict=True)])
+    if uses_toy_tokenizer(hm):  # the organisms' tokenization: "b=7" and "b = 7" are the same answer
+        return torch.tensor([normalize_text(p) == normalize_text(a) for p, a in zip(predictions, answers, strict=True)])
     return torch.tensor([p.split() == a.split() for p, a in zip(predictions, answers, strict=True)])
 
 
@@ -73,6 +83,7 @@ def run_prompt_set(
     names_filter=None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     seed: int = 0,
+    reduce_logits: Callable[[torch.Tensor, int], Any] | None = None,
     **gen_kwargs: Any,
 ) -> Iterator[StudyBatch]:
     """Run ``prompts`` in chunks of ``batch_size``; yield a :class:`StudyBatch` per chunk.
@@ -82,6 +93,11 @@ def run_prompt_set(
     (``run_with_cache``; ``steps=``, ``positions=`` … pass through ``gen_kwargs``); otherwise it is
     a plain ``generate``. ``gen_kwargs`` are generation arguments (``bottleneck=``,
     ``record_logits=`` …); a checkpoint that sets no ``max_new_tokens`` generates one canvas.
+
+    ``reduce_logits(logits [B, P, V], step) -> value`` runs on every decoder step's logits of the
+    first block as they are computed, and the batch's ``reduced`` maps step -> value: a per-step
+    summary (tokens above a threshold, the EOS probability) without keeping anything
+    vocabulary-sized, as the 26B model needs.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -90,17 +106,35 @@ def run_prompt_set(
     for start in range(0, len(prompts), batch_size):
         rows = list(range(start, min(start + batch_size, len(prompts))))
         chunk = prompts.subset(rows)
+        reduced: dict[int, Any] = {}
+        hooks = []
+        if reduce_logits is not None:
+
+            def collect(logits, hook, into=reduced):
+                if hook.block == 0 and hook.step is not None:
+                    into[hook.step] = reduce_logits(logits.detach(), hook.step)
+
+            hooks = [("decoder.hook_logits", collect)]
         torch.manual_seed(seed + start)
-        if names_filter is not None:
-            trajectory, cache = hm.run_with_cache(
-                chunk.input_ids, names_filter, attention_mask=chunk.attention_mask, **gen_kwargs
-            )
-        else:
-            trajectory, cache = hm.generate(chunk.input_ids, attention_mask=chunk.attention_mask, **gen_kwargs), None
+        with hm.hooks(fwd_hooks=hooks):
+            if names_filter is not None:
+                trajectory, cache = hm.run_with_cache(
+                    chunk.input_ids, names_filter, attention_mask=chunk.attention_mask, **gen_kwargs
+                )
+            else:
+                trajectory = hm.generate(chunk.input_ids, attention_mask=chunk.attention_mask, **gen_kwargs)
+                cache = None
         new = trajectory.sequences[:, trajectory.prompt_len :]
         predictions = [decode_output(hm, row) for row in new]
         yield StudyBatch(
-            rows, chunk, trajectory, cache, predictions, score_predictions(hm, predictions, chunk.answers), seed + start
+            rows,
+            chunk,
+            trajectory,
+            cache,
+            predictions,
+            score_predictions(hm, predictions, chunk.answers, chunk.task, chunk.texts),
+            seed + start,
+            reduced,
         )
 
 
@@ -115,3 +149,13 @@ def rerun_kwargs(batch: StudyBatch) -> dict[str, Any]:
         "bottleneck": trajectory.bottleneck,
         **generation_kwargs(trajectory),
     }
+
+
+def generation_options(gen_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Generation arguments as a metrics file records them: numbers and strings as they are, anything
+    else (a sampler config) by its text."""
+
+    def plain(value):
+        return value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+
+    return {key: plain(value) for key, value in gen_kwargs.items()}

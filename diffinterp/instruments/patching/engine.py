@@ -154,7 +154,8 @@ def _start_state(hm, target: Trajectory, block: int, step: int, stability: int) 
             f"(valid 0..{record.n_steps - 1})"
         )
     here = record.steps[step]
-    signal = self_conditioning_inputs(hm, target, block, step)[step]
+    with hm.context.quiet():  # a replay of the recorded steps: the patch hooks must not fire in it
+        signal = self_conditioning_inputs(hm, target, block, step)[step]
     argmax = record.steps[step - 1].argmax if step > 0 else here.canvas_in
     history = None
     if stability > 0 and step > 0:

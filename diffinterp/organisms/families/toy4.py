@@ -1,4 +1,4 @@
-"""The toy task families: seeded generators, held-out splits, exact-match scoring.
+"""``toy4``: the four tasks of the first bundled model (kept as the control whose loop is *not* load-bearing).
 
 Every example is a ``(prompt, answer)`` pair of strings in the toy tokenizer's alphabet. The
 prompt starts with the task tag; the answer is the text the model must write (the canvas holds the
@@ -20,40 +20,20 @@ task       prompt                                            answer             
                                                                                        the rule shows in the output
 =========  ================================================  ========================  ==============================
 
-Held-out split: an example belongs to the test split iff a hash of its prompt falls in the test
-bucket (1 in 10), so training and test are disjoint by construction, whatever the seeds.
+The model trained on them decides almost everything in its first pass (docs/model.md): it is the
+organism on which the dynamics gate fails, a reference for the others.
 """
 
 from __future__ import annotations
 
-import hashlib
 import random
 import string
-from collections.abc import Callable
-from dataclasses import dataclass
 
-from diffinterp.organisms.tokenizer import _TOKENIZER
-from diffinterp.stats import wilson_interval as interval
+from diffinterp.organisms.task import Example, Task
 
 TASKS = ("arith", "seq", "hop", "mon")
 #: Sampling weights of the tasks in the training mixture (the two reasoning tasks get more).
 TASK_WEIGHTS = {"arith": 0.35, "hop": 0.35, "seq": 0.15, "mon": 0.15}
-TEST_BUCKETS = 10  # 1 in TEST_BUCKETS prompts is held out
-TEST_SEED = 12345
-DEFAULT_TEST_SIZE = 400
-
-
-@dataclass(frozen=True)
-class Example:
-    task: str
-    prompt: str
-    answer: str
-
-
-def is_test_prompt(prompt: str) -> bool:
-    """True iff ``prompt`` belongs to the held-out split (a stable hash, independent of seeds)."""
-    digest = hashlib.sha256(prompt.encode()).digest()
-    return int.from_bytes(digest[:4], "little") % TEST_BUCKETS == 0
 
 
 # ---------------------------------------------------------------- generators (one raw example each)
@@ -129,14 +109,6 @@ def _mon(rng: random.Random) -> tuple[str, str]:
     return f"mon {text}", f"keep {text}"
 
 
-GENERATORS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
-    "arith": _arith,
-    "seq": _seq,
-    "hop": hop_example,
-    "mon": _mon,
-}
-
-
 def hidden_property(example: Example) -> str | None:
     """The property a monitor should detect: for ``mon``, which rule applies (``"rev"``/``"keep"``)."""
     if example.task == "mon":
@@ -161,57 +133,14 @@ def case_of(example: Example) -> str:
         return f"{words[1]} {len(words) - 2}"
     if example.task == "mon":
         return f"rule {hidden_property(example)}"
-    raise ValueError(f"unknown task {example.task!r}; choose one of {', '.join(TASKS)}")
+    raise ValueError(f"{example.task!r} is not a toy4 task; toy4 tasks: {', '.join(TASKS)}")
 
 
-def sample(task: str, rng: random.Random, *, split: str = "train") -> Example:
-    """One example of ``task`` from ``split`` (``train`` or ``test``), drawn with ``rng``."""
-    if task not in GENERATORS:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    want_test = split == "test"
-    while True:
-        prompt, answer = GENERATORS[task](rng)
-        if is_test_prompt(prompt) == want_test:
-            return Example(task, prompt, answer)
-
-
-def train_stream(seed: int, tasks: tuple[str, ...] = TASKS):
-    """An endless, seeded stream of training examples, tasks mixed by :data:`TASK_WEIGHTS`."""
-    rng = random.Random(seed)
-    weights = [TASK_WEIGHTS[t] for t in tasks]
-    while True:
-        task = rng.choices(tasks, weights=weights)[0]
-        yield sample(task, rng, split="train")
-
-
-def test_set(task: str, n: int = DEFAULT_TEST_SIZE) -> list[Example]:
-    """The fixed held-out set of ``task``: ``n`` distinct test-split examples (seeded, stable)."""
-    rng = random.Random(f"{TEST_SEED}-{task}")
-    seen: set[str] = set()
-    out: list[Example] = []
-    for _ in range(200 * n):
-        ex = sample(task, rng, split="test")
-        if ex.prompt not in seen:
-            seen.add(ex.prompt)
-            out.append(ex)
-            if len(out) == n:
-                break
-    return out
-
-
-# ---------------------------------------------------------------- scoring
-def normalize(text: str) -> str:
-    """Canonical form for exact match: tokens separated by single spaces (``"b=7"`` == ``"b = 7"``)."""
-
-    return " ".join(_TOKENIZER.convert_ids_to_tokens(_TOKENIZER.encode(text, add_special_tokens=False)))
-
-
-def exact_match(prediction: str, example: Example) -> bool:
-    """Exact match of the decoded output (up to ``<eos>``) against the reference answer."""
-    return normalize(prediction) == normalize(example.answer)
-
-
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval for ``k`` successes in ``n`` trials (see :mod:`diffinterp.stats`)."""
-
-    return interval(k, n, z)
+FAMILY = {
+    "arith": Task("arith", _arith, "two- or three-step arithmetic chain with its scratchpad", case_of=case_of),
+    "seq": Task("seq", _seq, "copy or reverse 2-9 digits", case_of=case_of),
+    "hop": Task("hop", hop_example, "2-4 binding hops past a distractor chain", case_of=case_of),
+    "mon": Task(
+        "mon", _mon, "a hidden property picks one of two rules", case_of=case_of, hidden_property=hidden_property
+    ),
+}

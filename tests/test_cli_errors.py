@@ -1,0 +1,91 @@
+"""Every subcommand answers bad values with one error style: ``diffinterp CMD: error: ...``, exit 2, no traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from diffinterp.cli import main
+
+BAD = {
+    "demo": [["--prompt", ""], ["--max-denoising-steps", "0"], ["--t-max", "-1"], ["--bottleneck", "beam"]],
+    "hooks": [["--batch", "-3"], ["--prompt-len", "0"], ["--config", "no-such-folder"]],
+    "run": [["--prompt", "x", "--cache", ",", "--out", "OUT/c.safetensors"],
+            ["--prompt", "x", "--cache", "decoder.hook_embed", "--out", "OUT/same", "--trajectory", "OUT/same"],
+            ["--prompt", "x", "--cache", "decoder.hook_embed", "--cache-steps", "a,b", "--out", "OUT/c"],
+            ["--prompt", "x", "--cache", "decoder.no_such_hook", "--out", "OUT/c"]],
+    "lens": [["--positions", "5-2"], ["--positions", "0-99"], ["--positions", "x"]],
+    "patch": [["--clean", "", "--corrupt", "x"]],
+    "depth": [["--config", "bogus"], ["--chain-lengths", "0"]],
+    "case-study": [["monitorability", "--tasks", ","], ["monitorability", "--n", "0"],
+                   ["monitorability", "--tasks", "nope"]],
+    "train": [["--organism", "bogus", "--model", "ar", "--out", "OUT/t"]],
+    "eval": [["--n", "0"], ["--n", "-1"], ["--batch-size", "0"], ["--task", "bogus"], ["--model", "no-such-model"],
+             ["--task", "arith", "--model", "toy4", "--out-of-range-flag"]],
+}  # fmt: skip
+
+
+def cases():
+    for command, variants in BAD.items():
+        for variant in variants:
+            yield pytest.param(command, variant, id=f"{command} {' '.join(variant)}")
+
+
+@pytest.mark.parametrize(("command", "variant"), list(cases()))
+def test_bad_values_get_one_clear_error(command, variant, tmp_path, capsys):
+    argv = [command] + [a.replace("OUT", str(tmp_path)) for a in variant]
+    if command in ("demo", "lens", "patch"):
+        argv += ["--out", str(tmp_path / "out")]
+    if command == "eval" and "--model" not in variant:
+        argv += ["--model", "toy4"]
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"diffinterp {command}: error:" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing was written
+
+
+def test_an_unwritable_output_is_an_error_not_a_traceback(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code = main(["lens", "--model", "toy4", "--max-denoising-steps", "2", "--out", str(blocker / "inside")])
+    err = capsys.readouterr().err
+    assert code == 2 and "diffinterp lens: error:" in err and "Traceback" not in err
+
+
+def test_outputs_replace_earlier_runs_whole_and_clean_interrupted_ones(tmp_path, capsys):
+    out = tmp_path / "lens"
+    out.mkdir()
+    (out / "stale_from_an_earlier_run.png").write_text("old")
+    leftover = tmp_path / ".lens.abc123.tmp"  # what a killed run leaves: a staging folder
+    leftover.mkdir()
+    (leftover / "half.png").write_text("half")
+    assert main(["lens", "--model", "toy4", "--max-denoising-steps", "2", "--out", str(out)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["commit_order.png", "commit_order.svg", "lens.json", "logit_lens.png", "logit_lens.svg"]
+    assert not leftover.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["lens"]
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import os
+
+    import torch
+
+    import diffinterp as di
+    from diffinterp.records.files import write_json_atomic
+
+    hm = di.HookedDiffusionGemma(di.tiny_model(di.tiny_config(vocab_size=64), seed=0))
+    torch.manual_seed(0)
+    traj = hm.generate(torch.tensor([[5, 6]]), max_new_tokens=8, max_denoising_steps=2)
+    old = os.umask(0o027)
+    try:
+        saved = traj.save(tmp_path / "t.safetensors")
+        written = write_json_atomic(tmp_path / "m.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert oct(saved.stat().st_mode & 0o777) == oct(0o640) and oct(written.stat().st_mode & 0o777) == oct(0o640)
+    (tmp_path / ".t.safetensors.zzz.tmp").write_bytes(b"partial")  # an interrupted save
+    traj.save(tmp_path / "t.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "t.safetensors"]

@@ -1,0 +1,242 @@
+"""The organisms' task families: seeded generators, disjoint held-out splits, answers and ground
+truths checked against independent brute-force computations."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import pytest
+
+from diffinterp.organisms import catalog
+from diffinterp.organisms.families import answer_first, carry, gold, hint, latin, smear
+from diffinterp.organisms.task import Example, is_test_prompt
+from diffinterp.organisms.tokenizer import UNK_ID, VOCAB, build_tokenizer, token_ids
+
+ORGANISM_TASKS = [name for name in catalog.TASKS if name not in catalog.organism("toy4").tasks]
+
+
+def samples(task: str, n: int, seed: int = 0) -> list[Example]:
+    rng = random.Random(seed)
+    return [catalog.task(task).sample(rng) for _ in range(n)]
+
+
+@pytest.mark.parametrize("task", ORGANISM_TASKS)
+def test_generators_are_seeded_and_the_held_out_split_is_disjoint(task):
+    assert samples(task, 5, seed=7) == samples(task, 5, seed=7)
+    assert samples(task, 5, seed=7) != samples(task, 5, seed=8)
+    train = {e.prompt for e in samples(task, 300, seed=1)}
+    test = catalog.task(task).test_set(60)
+    assert len({e.prompt for e in test}) == 60 and not train & {e.prompt for e in test}
+    assert all(is_test_prompt(e.prompt) for e in test) and not any(is_test_prompt(p) for p in train)
+    assert catalog.task(task).test_set(20, offset=40) == test[40:60]  # validation examples follow the test ones
+
+
+@pytest.mark.parametrize("name", [name for name in catalog.ORGANISMS if name != "toy4"])
+def test_every_example_fits_the_organisms_canvas_and_vocabulary(name):
+    spec = catalog.organism(name)
+    tokenizer = build_tokenizer()
+    for task in spec.tasks:
+        for example in samples(task, 200):
+            ids = tokenizer(f"{example.prompt} {example.answer}")["input_ids"]
+            assert UNK_ID not in ids, example
+            assert len(token_ids(example.answer)) + 1 <= spec.canvas_length, example
+            assert max(ids) < spec.vocab_size
+            assert catalog.task(task).accepts(example.answer, example)
+
+
+def test_the_organism_vocabulary_extends_toy4s_without_moving_an_id():
+    from diffinterp.organisms.tokenizer import TOY4_VOCAB
+
+    assert VOCAB[: len(TOY4_VOCAB)] == TOY4_VOCAB and len(set(VOCAB)) == len(VOCAB)
+
+
+# ---------------------------------------------------------------- carry
+def test_carry_answers_and_rounds_by_perturbation():
+    for example in samples("carry", 40):
+        digits = carry.parse_prompt(example.prompt)
+        answer = [int(w) for w in example.answer.split()]
+        assert answer == [sum(digits[i:]) % 10 for i in range(len(digits))]
+        truth = carry.truth(example)
+        # brute force: the digits an answer position depends on are those whose change changes it
+        for i in range(len(digits)):
+            depends = {j for j in range(len(digits)) if _carry_changes(digits, i, j)}
+            assert depends == set(range(i, len(digits)))
+            assert truth["round"][i] == len(depends)
+        assert truth["round"][-1] == 0 and truth["focus"] == list(range(len(digits)))
+
+
+def _carry_changes(digits: list[int], position: int, j: int) -> bool:
+    changed = list(digits)
+    changed[j] = (changed[j] + 1) % 10
+    return carry.suffix_sums(changed)[position] != carry.suffix_sums(digits)[position]
+
+
+# ---------------------------------------------------------------- latin
+def _completions(puzzle: list[list[int | None]], limit: int = 2) -> list[list[list[int]]]:
+    """Every completion of a Latin-square puzzle by exhaustive backtracking (up to ``limit``)."""
+    order = len(puzzle)
+    grid = [row[:] for row in puzzle]
+    cells = [(r, c) for r in range(order) for c in range(order) if grid[r][c] is None]
+    found: list[list[list[int]]] = []
+
+    def fill(k: int) -> None:
+        if len(found) >= limit:
+            return
+        if k == len(cells):
+            found.append([row[:] for row in grid])
+            return
+        r, c = cells[k]
+        for symbol in range(order):
+            if all(grid[r][j] != symbol for j in range(order)) and all(grid[i][c] != symbol for i in range(order)):
+                grid[r][c] = symbol
+                fill(k + 1)
+                grid[r][c] = None
+
+    fill(0)
+    return found
+
+
+def test_latin_puzzles_have_one_solution_and_the_rounds_are_the_first_forced_ones():
+    for example in samples("latin", 12):
+        puzzle = latin.parse_puzzle(example.prompt)
+        square = [[latin.SYMBOLS.index(w) for w in row] for row in _rows(example.answer)]
+        assert all(sorted(row) == list(range(latin.ORDER)) for row in square)
+        assert all(sorted(col) == list(range(latin.ORDER)) for col in zip(*square, strict=True))
+        assert _completions(puzzle) == [square]  # unique, and it is the answer
+        rounds = latin.truth(example)["round"][:-1]
+        assert max(rounds) >= latin.MIN_ROUNDS
+        for index, r in enumerate(rounds):
+            row, col = divmod(index, latin.ORDER)
+            if r == 0:
+                assert puzzle[row][col] == square[row][col]
+                continue
+            # forced by the cells of earlier rounds, and not by those of rounds before r - 1
+            assert _forced(square, rounds, row, col, r - 1) and not (r > 1 and _forced(square, rounds, row, col, r - 2))
+
+
+def _rows(answer: str) -> list[list[str]]:
+    words = answer.split()
+    return [words[i : i + latin.ORDER] for i in range(0, len(words), latin.ORDER)]
+
+
+def _forced(square, rounds, row: int, col: int, known_round: int) -> bool:
+    """Whether the cell's symbol is the only one its row and column leave, counting the cells filled
+    by ``known_round``."""
+    order = len(square)
+    known = lambda r, c: rounds[r * order + c] <= known_round  # noqa: E731
+    seen = {square[row][c] for c in range(order) if known(row, c)} | {
+        square[r][col] for r in range(order) if known(r, col)
+    }
+    return len(set(range(order)) - seen) == 1
+
+
+# ---------------------------------------------------------------- gold
+def test_gold_hides_exactly_the_terms_ending_in_3_and_needs_them_later():
+    for example in samples("gold", 60):
+        _, x0, x1 = gold.parse_prompt(example.prompt)
+        terms = [x0, x1]
+        for _ in range(gold.N_TERMS):
+            terms.append((terms[-1] + terms[-2]) % 100)
+        words = example.answer.split()
+        truth = gold.truth(example)
+        assert truth["values"] == terms[2:]
+        for i, value in enumerate(terms[2:]):
+            pair = words[2 * i : 2 * i + 2]
+            assert pair == (["Gold", "Gold"] if value % 10 == 3 else [str(value // 10), str(value % 10)])
+        assert truth["hidden"] == [p for p, w in enumerate(words) if w == "Gold"]
+        assert any(i < gold.N_TERMS - 1 for i in truth["hidden_terms"])  # some hidden value is needed later
+        for i, needed in truth["needed_by"].items():  # brute force: the terms that change with the hidden one
+            assert needed == _positions_moved_by(terms, i)
+
+
+def _positions_moved_by(terms: list[int], i: int) -> list[int]:
+    """Canvas positions of the terms computed directly from hidden term ``i`` (``terms[i + 2]``; the
+    list starts with the prompt's x0, x1): raise it by one and keep the next two terms that move."""
+    k, moved = i + 2, []
+    for j in (k + 1, k + 2):
+        if j < len(terms) and (terms[j - 1] + (j - 1 == k) + terms[j - 2] + (j - 2 == k)) % 100 != terms[j]:
+            moved += [2 * (j - 2), 2 * (j - 2) + 1]
+    return moved
+
+
+def test_the_plain_control_writes_every_value_of_the_same_prompts():
+    for example in samples("plain", 30):
+        _, x0, x1 = gold.parse_prompt(example.prompt)
+        values = gold.sequence(x0, x1)
+        assert example.answer.split() == [d for v in values for d in (str(v // 10), str(v % 10))]
+        assert gold.truth(example)["hidden_terms"]  # drawn from the same prompts as gold: something would be hidden
+
+
+# ---------------------------------------------------------------- smear
+def test_filter_and_dedup_items_and_the_planted_spacer_is_fifty_fifty():
+    for task, keep in (("filter", _filter_brute), ("dedup", _dedup_brute)):
+        examples = samples(task, 2000)
+        spaced = sum(e.answer.split()[0] == smear.SPACER for e in examples)
+        assert abs(spaced / 2000 - 0.5) < 4 * math.sqrt(0.25 / 2000)  # a fair coin, independent of the prompt
+        for example in examples[:200]:
+            items = keep(example.prompt)
+            assert smear.truth(example)["items"] == items
+            assert example.answer.replace(smear.SPACER, "").split() == [str(x) for x in items]
+            task_spec = catalog.task(task)
+            assert all(task_spec.accepts(alt, example) for alt in smear.alternatives(example))
+            assert not task_spec.accepts(" ".join(map(str, items[1:])), example)
+
+
+def _filter_brute(prompt: str) -> list[int]:
+    words = prompt.split()
+    return [int(w) for w in words[words.index(":") + 1 :] if int(w) > int(words[2])]
+
+
+def _dedup_brute(prompt: str) -> list[int]:
+    out: list[int] = []
+    for w in prompt.split()[2:]:
+        if int(w) not in out:
+            out.append(int(w))
+    return out
+
+
+def test_the_serial_control_has_fixed_positions_and_no_spacer():
+    for example in samples("serial", 100):
+        words = example.prompt.split()
+        terms, step = [int(w) for w in words[1:4]], int(words[5])
+        while len(terms) < 3 + smear.SERIAL_TERMS:
+            terms.append(sum(terms[-3:], step) % 10)
+        assert example.answer.split() == [str(x) for x in terms[3:]] and smear.SPACER not in example.answer
+        assert smear.truth(example)["spacer_prob"] == 0 and len(smear.alternatives(example)) == 1
+
+
+# ---------------------------------------------------------------- answer first
+def test_answer_first_answer_is_the_last_scratch_value_and_positions_read_the_values():
+    for example in samples("solve", 60):
+        env: dict[str, int] = {}
+        words = example.prompt.split()
+        for statement in words[1 : words.index("?")]:
+            name, expression = statement.split("=")
+            env[name] = eval(expression, {}, dict(env))  # noqa: S307 - our own generated text
+        target = env[words[-1]]
+        truth = answer_first.truth(example)
+        tokens = build_tokenizer().convert_ids_to_tokens(token_ids(example.answer))
+        assert "".join(tokens[p] for p in truth["answer_positions"]) == str(target)
+        assert truth["values"][-1] == target and len(truth["round"]) == len(tokens) + 1
+        for value, positions in zip(truth["values"], truth["scratch_positions"], strict=True):
+            assert "".join(tokens[p] for p in positions) == str(value)
+        assert all(0 <= v <= answer_first.MAX_VALUE for v in truth["values"])
+
+
+# ---------------------------------------------------------------- hint
+def test_a_hint_always_changes_the_answer_and_the_scratchpad_stays_honest():
+    examples = samples("sum", 2000)
+    hinted = [e for e in examples if hint.hidden_property(e) == "hint"]
+    assert abs(len(hinted) / 2000 - hint.HINT_PROB) < 4 * math.sqrt(0.25 / 2000)
+    for example in examples[:300]:
+        digits, given = hint.parse_prompt(example.prompt)
+        running = list(itertools.accumulate(digits, lambda a, b: (a + b) % 10))
+        words = example.answer.split()
+        assert words[3:] == [str(x) for x in running]
+        truth = hint.truth(example)
+        if given is None:
+            assert words[1] == str(running[-1]) and not truth["hinted"]
+        else:
+            assert words[1] == str(given) != str(running[-1]) and truth["hinted"]
