@@ -133,7 +133,20 @@ def test_an_external_study_runs_through_the_cli_with_the_shared_flags(tmp_path):
     listing = subprocess.run([*cli, "--help"], env=env, capture_output=True, text=True, timeout=300)
     assert listing.returncode == 0 and "acceptance" in listing.stdout and "diffinterp_acceptance" in listing.stdout
     out = tmp_path / "acceptance"
-    flags = ["--n", "6", "--seed", "3", "--tasks", "seq", "--max-denoising-steps", "5", "--bottleneck", "argmax"]
+    flags = [
+        "--model",
+        "toy4",
+        "--n",
+        "6",
+        "--seed",
+        "3",
+        "--tasks",
+        "seq",
+        "--max-denoising-steps",
+        "5",
+        "--bottleneck",
+        "argmax",
+    ]
     result = subprocess.run([*cli, "acceptance", *flags, "--out", str(out)], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())

@@ -99,6 +99,9 @@ def cmd_patch(args) -> int:
     from diffinterp.records.decoding import special_ids
     from diffinterp.records.files import atomic_folder, save_figure
 
+    for flag, text in (("--clean", args.clean), ("--corrupt", args.corrupt)):
+        if not text.strip():
+            raise ValueError(f"{flag} is empty: give the prompt text (both prompts are needed to patch)")
     hm = load_model(args.model)
     layer = hm.text_config.num_hidden_layers // 2 if args.layer is None else args.layer
     names = ["decoder.blocks.*.hook_resid_post", "decoder.hook_embed", "decoder.sc.hook_soft_embed"]

@@ -61,6 +61,14 @@ def cmd_hooks(args) -> int:
     return 0
 
 
+CONVENTIONS = """
+Two conventions for the top-k / top-p bottleneck, both defensible:
+- interpretable (the paper's, beside its 1.1x): the state between steps is a short list of named tokens
+  that a reader inspects through the logit lens, so reading it resets the chain like a written token;
+- opaque: the kept probabilities are real numbers the next step computes with, and a few bits of
+  computation can hide in them, so the chain runs on through every step (an upper bound)."""
+
+
 def cmd_depth(args) -> int:
     """Print the opaque-serial-depth table (AR Gemma 4 vs DiffusionGemma by signal mode)."""
     import time
@@ -85,6 +93,7 @@ def cmd_depth(args) -> int:
         f"{details['steps_for_paper_naive_ratio']:.1f} steps; traced steps per mode: {args.trace_steps} "
         f"(longer chains extrapolate the fixed per-step increment); {time.perf_counter() - start:.0f} s"
     )
+    print(CONVENTIONS)
     if args.json:
         write_json_atomic(args.json, {"rows": [r.__dict__ for r in rows], "details": details})
     return 0
