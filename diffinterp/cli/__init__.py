@@ -6,6 +6,7 @@ diffinterp run --prompt TEXT --cache NAMES --out FILE [--model PATH] [--trajecto
 diffinterp lens [--prompt TEXT] [--positions 0-7] [--out DIR]
 diffinterp patch --clean TEXT --corrupt TEXT [--sweep step-layer|step-position|path] [--metric logit-diff|prob|exact]
 diffinterp depth [--config real|tiny|PATH] [--chain-lengths N ...]
+diffinterp view TRAJECTORY [--cache CACHE] [--patching patching.json] [--model NAME|PATH] [--out view.html]
 diffinterp case-study NAME [--n N] [--quick] [--out DIR]
 diffinterp train --model diffusion|ar --out DIR / diffinterp eval --task all
 
@@ -19,9 +20,9 @@ import argparse
 import os
 import sys
 
-from diffinterp.cli import generate, instruments, organisms, structure, studies
+from diffinterp.cli import generate, instruments, organisms, structure, studies, view
 
-COMMAND_GROUPS = (generate, structure, instruments, studies, organisms)
+COMMAND_GROUPS = (generate, structure, instruments, view, studies, organisms)
 
 
 def build_parser() -> argparse.ArgumentParser:

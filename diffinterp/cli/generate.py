@@ -30,6 +30,7 @@ def register(commands) -> None:
     )
     run.add_argument("--cache-steps", default=None, help="comma-separated steps to record (default: all)")
     run.add_argument("--max-bytes", type=int, default=None)
+    run.add_argument("--record-logits", action="store_true", help="keep every step's logits in the trajectory")
     run.add_argument("--out", required=True, help="cache file (.safetensors)")
     run.add_argument("--trajectory", default=None, help="trajectory file (default: beside --out)")
     run.set_defaults(func=cmd_run)
@@ -132,6 +133,7 @@ def cmd_run(args) -> int:
         steps=steps,
         attention_mask=attention_mask,
         max_bytes=args.max_bytes if args.max_bytes is not None else "auto",
+        record_logits=args.record_logits,
         progress=True,
         **generation_kwargs(args),
     )

@@ -34,6 +34,11 @@ def register(commands) -> None:
     patch.add_argument("--mode", choices=("free", "chain", "step"), default="free")
     patch.add_argument("--layer", type=int, default=None, help="layer of the step-position sweep (default: middle)")
     patch.add_argument("--adaptive", action="store_true", help="keep adaptive stopping (default: every step runs)")
+    patch.add_argument(
+        "--save-runs",
+        action="store_true",
+        help="also save the clean run: clean.trajectory.safetensors, clean.cache.safetensors (for diffinterp view)",
+    )
     patch.add_argument("--out", default="out/patch")
     patch.set_defaults(func=cmd_patch)
 
@@ -156,5 +161,10 @@ def cmd_patch(args) -> int:
         written = save_figure(fig, folder / f"patching_{args.sweep}")
         (folder / "patching.json").write_text(json.dumps(summary, indent=2, default=str))
         written.append(folder / "patching.json")
+        if args.save_runs:  # the run the heatmap's steps and positions refer to, for `diffinterp view`
+            written += [
+                clean.save(folder / "clean.trajectory.safetensors"),
+                cache.save(folder / "clean.cache.safetensors"),
+            ]
     print("wrote " + ", ".join(str(out / p.relative_to(folder)) for p in written))
     return 0

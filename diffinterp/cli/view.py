@@ -1,0 +1,134 @@
+"""``diffinterp view``: the interactive trajectory viewer, written as one self-contained HTML file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(commands) -> None:
+    view = commands.add_parser(
+        "view",
+        help="an interactive viewer of a saved trajectory: one HTML file that opens offline",
+        description="Write one self-contained HTML page (no server, no network) to scrub a trajectory's "
+        "denoising steps, with top-k probabilities, the logit lens, attention and patching heatmaps.",
+    )
+    view.add_argument(
+        "trajectory", help="a trajectory file (.safetensors, as `diffinterp run` or Trajectory.save writes)"
+    )
+    view.add_argument("--cache", default=None, help="its cache file: hook_resid_post (logit lens), attn.hook_pattern")
+    view.add_argument(
+        "--patching",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a patching.json of `diffinterp patch` (repeatable)",
+    )
+    view.add_argument(
+        "--model",
+        default=None,
+        help="NAME|PATH of the model that ran it: token strings and the logit lens (default: the bundled model)",
+    )
+    view.add_argument(
+        "--tokenizer", default=None, help="a tokenizer folder: token strings without loading a model (no lens)"
+    )
+    view.add_argument("--top-k", type=int, default=10, help="top tokens per position and step (default 10)")
+    view.add_argument(
+        "--max-attention-mb", type=float, default=16.0, help="limit on the shipped attention (default 16)"
+    )
+    view.add_argument("--title", default=None)
+    view.add_argument("--out", default="view.html")
+    view.set_defaults(func=cmd_view)
+
+
+def cmd_view(args) -> int:
+    """Load the run, compute what the page shows (top-k, lens, attention, heatmaps) and write the page."""
+    import json
+
+    from diffinterp.figures.viewer import render_page, view_data
+    from diffinterp.records.cache import DenoisingCache
+    from diffinterp.records.files import write_text_atomic
+    from diffinterp.records.trajectory import Trajectory
+
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
+    trajectory = Trajectory.load(_existing(args.trajectory, "trajectory"))
+    cache = DenoisingCache.load(_existing(args.cache, "cache")) if args.cache else None
+    patching = []
+    for name in args.patching:
+        try:
+            loaded = json.loads(_existing(name, "patching file").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{name} is not a JSON patching file ({err})") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(
+                f"{name} holds a JSON {type(loaded).__name__}; a patching file is an object (patching.json)"
+            )
+        patching.append(loaded)
+    hm, tokenizer = _model_and_tokenizer(args, trajectory)
+    data = view_data(
+        trajectory,
+        cache,
+        hm=hm,
+        tokenizer=tokenizer,
+        patching=patching,
+        k=args.top_k,
+        max_attention_bytes=int(args.max_attention_mb * 2**20),
+        title=args.title or f"diffinterp view: {Path(args.trajectory).name}",
+    )
+    out = write_text_atomic(args.out, render_page(data))
+    shown = {
+        "top-k": any(b["topk"] for b in data["blocks"]),
+        "logit lens": any(b["lens"] for b in data["blocks"]),
+        "attention": any(b["attention"] for b in data["blocks"]),
+        "patching": bool(data["patching"]),
+    }
+    missing = [name for name, present in shown.items() if not present]
+    print(f"{trajectory.batch_size} prompts, {len(trajectory.blocks)} canvases, steps {trajectory.steps_per_block}")
+    if missing:
+        print("not in this page (not recorded): " + ", ".join(missing))
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB)")
+    return 0
+
+
+def _existing(path: str, what: str) -> Path:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no {what} at {path}")
+    return Path(path)
+
+
+def _model_and_tokenizer(args, trajectory):
+    """``(hm, tokenizer)``: the model given (or the bundled one) unless only a tokenizer folder is given."""
+    from diffinterp.core.loading import load_model, load_tokenizer
+
+    if args.tokenizer is not None and args.model is None:
+        folder = _existing_folder(args.tokenizer)
+        tokenizer = load_tokenizer(folder)
+        if tokenizer is None:
+            raise FileNotFoundError(f"{folder} has no tokenizer.json or tokenizer_config.json")
+        return None, tokenizer
+    hm = load_model(args.model)
+    check_model_matches(hm, trajectory, args.model)
+    tokenizer = load_tokenizer(_existing_folder(args.tokenizer)) if args.tokenizer is not None else hm.tokenizer
+    return hm, tokenizer
+
+
+def _existing_folder(path: str) -> Path:
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"no tokenizer folder at {path}")
+    return Path(path)
+
+
+def check_model_matches(hm, trajectory, name=None) -> None:
+    """Raise unless ``trajectory`` could come from ``hm`` (canvas length, vocabulary)."""
+    which = f"model '{name}'" if name else "bundled model"
+    hint = "give the model that ran it (--model NAME|PATH) or only its tokenizer (--tokenizer FOLDER)"
+    canvas = hm.config.canvas_length
+    if trajectory.canvas_length != canvas:
+        raise ValueError(
+            f"the trajectory's canvas has {trajectory.canvas_length} positions, the {which}'s {canvas}: {hint}"
+        )
+    vocab = hm.text_config.vocab_size
+    largest = int(trajectory.sequences.max())
+    logits = trajectory.blocks[0].steps[0].logits if trajectory.blocks and trajectory.blocks[0].steps else None
+    if largest >= vocab or (logits is not None and logits.shape[-1] != vocab):
+        raise ValueError(f"the trajectory's tokens do not fit the {which}'s vocabulary of {vocab}: {hint}")

@@ -1,0 +1,403 @@
+"""The trajectory viewer: its data against the records and independent references, the command, and the
+page itself in a real headless Chromium (skipped, saying why, where none is installed)."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import io
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import diffinterp as di
+from diffinterp.cli import main
+from diffinterp.figures import viewer as vw
+from diffinterp.instruments import lens as lz
+from diffinterp.instruments import patching as pt
+from diffinterp.records.decoding import token_labels
+
+CLEAN = ["arith a=3 b=a+4 ? b", "hop x=5 q=7 m=x k=q t=m ? t"]
+CORRUPT = ["arith a=5 b=a+4 ? b", "hop x=3 q=7 m=x k=q t=m ? t"]
+NAMES = ["decoder.blocks.*.hook_resid_post", "decoder.blocks.*.attn.hook_pattern"]
+STEPS = 6
+TOL = 0.5 / vw.P_SCALE + 1e-6  # one quantisation step of a probability
+
+
+@pytest.fixture(scope="module")
+def hm():
+    return di.load_model()  # the bundled toy model
+
+
+@pytest.fixture(scope="module")
+def run(hm):
+    """Two prompts of the bundled model, every step run, with logits, the residual stream and attention
+    cached, and a step x layer patching sweep from corrupted twins."""
+    clean, cache, corrupt, _ = pt.coupled_runs(
+        hm, CLEAN, CORRUPT, NAMES, max_denoising_steps=STEPS, stability_threshold=STEPS
+    )
+    _, clean_out = pt.final_outputs(hm, clean)
+    _, corrupt_out = pt.final_outputs(hm, corrupt)
+    sweep = pt.step_layer_sweep(hm, clean, corrupt, cache, pt.LogitDiff(clean_out, corrupt_out), mode="step")
+    page = vw.view_html(clean, cache, hm=hm, patching=[sweep], title="test run")
+    return clean, cache, sweep, page
+
+
+def page_data(page: str) -> dict:
+    found = re.search(r'<script type="application/json" id="diffinterp-data">(.*?)</script>', page, re.S)
+    return json.loads(found.group(1))
+
+
+def labels(hm, ids) -> list[str]:
+    return token_labels(ids, hm.tokenizer)
+
+
+def softmax(logits: torch.Tensor) -> np.ndarray:
+    x = logits.double().numpy()
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+# ------------------------------------------------------------------------------------------ data
+def test_page_data_holds_every_step_of_the_trajectory(hm, run):
+    clean, _, _, page = run
+    data = page_data(page)
+    block = data["blocks"][0]
+    assert data["format"] == vw.FORMAT and data["rows"] == 2 and data["canvas"] == clean.canvas_length
+    assert block["steps"] == STEPS == clean.block(0).n_steps
+    shape = (STEPS, 2, clean.canvas_length)
+    strings = data["strings"]
+    for field in vw.FIELDS:
+        ids = np.array([data["ids"][i] for i in block[field]]).reshape(shape)
+        assert np.array_equal(ids, clean.stack(field).numpy()), field
+    tokens = [strings[i] for i in block["argmax"]][: clean.canvas_length]  # step 0, row 0
+    assert tokens == labels(hm, clean.step(0, 0).argmax[0])
+    assert np.array_equal(np.array(block["accepted"]).reshape(shape), clean.stack("accepted").int().numpy())
+    entropy = np.array(block["entropy"]).reshape(shape) / vw.E_SCALE
+    assert np.abs(entropy - clean.stack("entropy").numpy()).max() <= 0.5 / vw.E_SCALE + 1e-6
+    assert [strings[i] for i in data["prompts"][1]] == labels(hm, hm.to_tokens(CLEAN[1])[0][0])
+
+
+def test_committed_is_the_step_from_which_the_argmax_stays_final(run):
+    clean, _, _, page = run
+    committed = np.array(page_data(page)["blocks"][0]["committed"]).reshape(2, -1)
+    argmax = clean.stack("argmax").numpy()  # [S, B, C]
+    for row in range(2):
+        for pos in range(clean.canvas_length):
+            column = argmax[:, row, pos]
+            first = next(s for s in range(STEPS) if (column[s:] == column[-1]).all())  # brute force
+            assert committed[row, pos] == first
+
+
+def test_topk_is_the_softmax_of_the_recorded_logits(run):
+    clean, _, _, page = run
+    data = page_data(page)
+    topk = data["blocks"][0]["topk"]
+    k = topk["k"]
+    assert k == vw.TOP_K
+    ids = np.array([data["ids"][i] for i in topk["ids"]]).reshape(STEPS, 2, -1, k)
+    probs = np.array(topk["p"]).reshape(STEPS, 2, -1, k) / vw.P_SCALE
+    reference = softmax(clean.stack("logits"))  # [S, B, C, V]
+    order = np.sort(reference, -1)[..., ::-1][..., :k]
+    assert np.abs(probs - order).max() <= TOL  # the k largest probabilities, in order
+    assert np.abs(np.take_along_axis(reference, ids, -1) - probs).max() <= TOL  # of these very tokens
+
+
+def test_self_conditioning_view_rebuilds_the_next_steps_soft_embedding(hm):
+    """With the top-3 bottleneck the shipped view is the whole signal: softmax(view) @ E * sqrt(d) must be
+    what the next step's ``decoder.sc.hook_soft_embed`` received."""
+    ids, mask = hm.to_tokens(CLEAN)
+    torch.manual_seed(1)
+    traj, cache = hm.run_with_cache(
+        ids, "decoder.sc.hook_soft_embed", attention_mask=mask, bottleneck="topk:3", record_logits=True,
+        max_denoising_steps=4, stability_threshold=4,
+    )  # fmt: skip
+    data = vw.view_data(traj, hm=hm)
+    topk = data["blocks"][0]["topk"]
+    n_steps, canvas = traj.block(0).n_steps, traj.canvas_length
+    view_ids = torch.tensor([data["ids"][i] for i in topk["ids"]]).view(n_steps, 2, canvas, -1)
+    view_p = torch.tensor(topk["sc"], dtype=torch.float32).view(n_steps, 2, canvas, -1) / vw.P_SCALE
+    assert torch.all((view_p > 0).sum(-1) <= 3)
+    embedding = hm.model.model.decoder.embed_tokens.weight.detach()
+    scale = hm.text_config.hidden_size**0.5
+    for step in range(n_steps - 1):
+        rebuilt = torch.einsum("bck,bckd->bcd", view_p[step], embedding[view_ids[step]]) * scale
+        received = cache["decoder.sc.hook_soft_embed", step + 1]
+        active = traj.step(0, step + 1).active
+        assert active.any()
+        err = (rebuilt[active] - received[active]).abs().max()
+        assert err <= 3 * TOL * embedding.abs().max() * scale + 1e-5, (step, float(err))
+
+
+def test_lens_is_the_full_vocabulary_logit_lens(hm, run):
+    clean, cache, _, page = run
+    lens = page_data(page)["blocks"][0]["lens"]
+    data = page_data(page)
+    reference = lz.logit_lens(hm, cache)  # [S, L, B, P, V]
+    assert lens["layers"] == reference.layers and lens["steps"] == reference.steps
+    shape = tuple(reference.logits.shape[:-1])
+    top = np.array([data["ids"][i] for i in lens["top"]]).reshape(shape)
+    assert np.array_equal(top, reference.argmax.numpy())
+    best = reference.probs().max(-1).values.numpy()
+    assert np.abs(np.array(lens["p"]).reshape(shape) / vw.P_SCALE - best).max() <= TOL
+
+
+def test_attention_is_the_cached_pattern(run):
+    clean, cache, _, page = run
+    attention = page_data(page)["blocks"][0]["attention"]
+    n_layers = len(attention["layers"])
+    assert n_layers == len(cache.names) // 2
+    for layer in attention["layers"]:
+        for step in attention["steps"][str(layer)]:
+            pattern = cache[f"decoder.blocks.{layer}.attn.hook_pattern", step]  # [B, H, Q, K]
+            raw = np.frombuffer(base64.b64decode(attention["data"][f"{layer}:{step}"]), dtype=np.uint8)
+            shipped = raw.reshape(tuple(pattern.shape)) / 255
+            assert np.abs(shipped - pattern.numpy()).max() <= 0.5 / 255 + 1e-6
+
+
+def test_attention_over_the_budget_is_a_clear_error(run):
+    _, cache, _, _ = run
+    with pytest.raises(ValueError, match="hook_pattern at fewer layers or steps"):
+        vw.encode_attention(cache, 0, max_bytes=1000)
+
+
+def test_patching_panel_holds_the_restored_fraction_and_reads_patching_json(run):
+    _, _, sweep, page = run
+    panel = page_data(page)["patching"][0]
+    assert panel["axes"] == [["step", list(range(STEPS))], ["layer", [0, 1, 2, 3]]]
+    expected = sweep.mean(normalised=True).reshape(-1).tolist()
+    assert all(v is None if e != e else abs(v - e) <= 1e-4 for v, e in zip(panel["values"], expected, strict=True))
+    written = {"axes": sweep.axes, "restored_fraction": sweep.mean(normalised=True).tolist(), "sweep": "step-layer"}
+    assert (
+        vw.patching_panel(json.loads(json.dumps(written)))["values"] == panel["values"]
+    )  # as `diffinterp patch` writes
+    with pytest.raises(ValueError, match="restored_fraction"):
+        vw.patching_panel({"axes": {"step": [0]}})
+
+
+def test_topk_recorder_keeps_the_recorded_logits_topk(hm):
+    ids, mask = hm.to_tokens(CLEAN[:1])
+    recorder = vw.TopKRecorder(k=5)
+    torch.manual_seed(0)
+    traj = hm.run_with_hooks(
+        ids, fwd_hooks=[(vw.LOGITS_HOOK, recorder)], attention_mask=mask, record_logits=True, max_denoising_steps=3
+    )
+    recorded = recorder.topk()[0]
+    assert recorded.ids.shape == (traj.block(0).n_steps, 1, traj.canvas_length, 5)
+    reference = softmax(traj.stack("logits"))
+    assert np.abs(np.take_along_axis(reference, recorded.ids.numpy(), -1) - recorded.probs.numpy()).max() < 1e-6
+    assert np.allclose(np.sort(reference, -1)[..., ::-1][..., :5], recorded.probs.numpy(), atol=1e-6)
+    traj_without_logits = dataclasses.replace(
+        traj,
+        blocks=[
+            dataclasses.replace(traj.block(0), steps=[dataclasses.replace(s, logits=None) for s in traj.block(0).steps])
+        ],
+    )
+    data = vw.view_data(traj_without_logits, topk=recorder.topk())
+    assert data["blocks"][0]["topk"]["p"] == vw.quantise(recorded.probs, vw.P_SCALE)
+
+
+def test_the_page_fetches_nothing(run):
+    """No URL a browser would fetch: no http(s), no src / href, no url(), fetch, XHR or import; and a
+    token string that looks like a URL is escaped in the data (still the same string once parsed)."""
+    clean, _, _, page = run
+
+    class UrlTokens:  # a tokenizer whose pieces are URLs
+        def convert_ids_to_tokens(self, i):
+            return f"https://example.com/{i}</script>"
+
+    odd = vw.view_html(clean, tokenizer=UrlTokens())
+    for text in (page, odd):
+        assert not re.search(r"https?://|\bsrc\s*=|\bhref\s*=|url\(|fetch\(|XMLHttpRequest|WebSocket|\bimport\b", text)
+        assert text.count("</script>") == 2
+    assert page_data(odd)["strings"][0].startswith("https://example.com/")
+
+
+def test_show_builds_the_page_only_when_displayed(run):
+    clean, cache, _, _ = run
+    view = vw.show(clean, cache, title="notebook")
+    assert isinstance(view, vw.TrajectoryView)
+    shown = view._repr_html_()
+    srcdoc = re.match(r'<iframe srcdoc="(.*)" style=', shown, re.S).group(1)
+    assert html.unescape(srcdoc) == vw.view_html(clean, cache, title="notebook")
+
+
+# ------------------------------------------------------------------------------------------ command
+@pytest.fixture(scope="module")
+def saved(run, tmp_path_factory):
+    clean, cache, sweep, _ = run
+    folder = tmp_path_factory.mktemp("view")
+    clean.save(folder / "run.trajectory.safetensors")
+    cache.save(folder / "run.safetensors")
+    summary = {"axes": sweep.axes, "restored_fraction": sweep.mean(normalised=True).tolist(), "sweep": "step-layer"}
+    (folder / "patching.json").write_text(json.dumps(summary))
+    return folder
+
+
+def test_view_command_writes_one_page(saved, capsys):
+    out = saved / "page" / "view.html"
+    rc = main(["view", str(saved / "run.trajectory.safetensors"), "--cache", str(saved / "run.safetensors"),
+               "--patching", str(saved / "patching.json"), "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    data = page_data(out.read_text())
+    block = data["blocks"][0]
+    assert block["topk"] and block["lens"] and block["attention"] and len(data["patching"]) == 1
+    assert data["strings"][block["argmax"][0]] != f"#{data['ids'][block['argmax'][0]]}"  # the model's tokens
+    assert [p.name for p in out.parent.iterdir()] == ["view.html"]  # written atomically: no temporary left
+
+
+def test_view_command_errors_are_clear(saved, run, tmp_path, capsys):
+    assert main(["view", str(tmp_path / "missing.safetensors")]) == 2
+    assert "diffinterp view: error: no trajectory at" in capsys.readouterr().err
+    assert main(["view", str(saved / "run.trajectory.safetensors"), "--patching", str(saved / "run.safetensors")]) == 2
+    assert "is not a JSON patching file" in capsys.readouterr().err
+    clean = run[0]
+    dataclasses.replace(clean, canvas_length=clean.canvas_length * 2).save(tmp_path / "other.safetensors")
+    assert main(["view", str(tmp_path / "other.safetensors"), "--out", str(tmp_path / "v.html")]) == 2
+    err = capsys.readouterr().err
+    assert "diffinterp view: error: the trajectory's canvas has 32 positions, the bundled model's 16" in err
+    assert not (tmp_path / "v.html").exists()
+
+
+# ------------------------------------------------------------------------------------------ browser
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def find_browser() -> str | None:
+    candidates = [os.environ.get("DIFFINTERP_BROWSER")] + [shutil.which(name) for name in BROWSERS]
+    return next((path for path in candidates if path and os.path.exists(path)), None)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = find_browser()
+    if executable is None:
+        pytest.skip(
+            "no Chromium installed (apt-get install chromium, or set DIFFINTERP_BROWSER): browser tests skipped"
+        )
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="the Playwright driver is not installed (pip install -e '.[dev]')"
+    )
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, run, tmp_path_factory):
+    """The page opened from file://, with what it logged and requested."""
+    path = tmp_path_factory.mktemp("page") / "view.html"
+    path.write_text(run[3])
+    tab = browser.new_page(viewport={"width": 1280, "height": 1000})
+    tab.errors, tab.requests = [], []
+    tab.on("console", lambda message: tab.errors.append(message.text) if message.type == "error" else None)
+    tab.on("pageerror", lambda error: tab.errors.append(str(error)))
+    tab.on("request", lambda request: tab.requests.append(request.url))
+    tab.goto(path.as_uri())
+    tab.wait_for_selector("#canvas .tok")
+    yield tab
+    tab.close()
+
+
+def shown_tokens(page) -> list[str]:
+    return page.locator("#canvas .tok").all_text_contents()
+
+
+def test_page_renders_without_errors_and_fetches_only_itself(page):
+    assert page.errors == []
+    assert len(page.requests) == 1 and page.requests[0].startswith("file://")
+    assert page.title() == "test run"
+
+
+def test_canvas_shows_the_selected_steps_tokens_and_the_scrubber_moves_on(hm, run, page):
+    clean = run[0]
+    assert shown_tokens(page) == labels(hm, clean.step(0, 0).argmax[0])
+    for step in (1, 2):
+        page.locator("#step").fill(str(step))
+        assert shown_tokens(page) == labels(hm, clean.step(0, step).argmax[0])
+        assert page.inner_text("#step-label").startswith(f"step {step} / {STEPS - 1}")
+    page.select_option("#row", "1")
+    page.select_option("#field", "canvas_in")
+    assert shown_tokens(page) == labels(hm, clean.step(0, 2).canvas_in[1])
+    page.select_option("#row", "0")
+    page.select_option("#field", "argmax")
+    accepted = page.locator("#canvas .tok.acc").evaluate_all("els => els.map(e => +e.dataset.pos)")
+    assert accepted == clean.step(0, 2).accepted[0].nonzero().flatten().tolist()
+    assert page.errors == []
+
+
+def test_hover_shows_the_top_k_of_the_recorded_logits(run, page):
+    clean = run[0]
+    page.locator("#step").fill("3")
+    position = 7
+    page.locator(f'#canvas .tok[data-pos="{position}"]').hover()
+    rows = page.locator("#tooltip tr.topk-row")
+    assert rows.count() == vw.TOP_K
+    ids = [int(i) for i in rows.evaluate_all("els => els.map(e => e.dataset.id)")]
+    shown = [float(t) for t in page.locator("#tooltip tr.topk-row .tk-p").all_text_contents()]
+    reference = softmax(clean.step(0, 3).logits[0, position])
+    assert np.allclose(shown, np.sort(reference)[::-1][: vw.TOP_K], atol=1e-4)  # 4 decimals shown
+    assert np.allclose(reference[ids], shown, atol=1e-4)
+    assert page.locator("#tooltip tr.sc-row").count() == vw.TOP_K  # the self-conditioning view beside it
+    page.mouse.move(5, 5)
+
+
+def test_clicking_a_position_shows_its_logit_lens_and_attention(hm, run, page):
+    cache = run[1]
+    page.locator("#step").fill("2")
+    position = 6
+    page.locator(f'#canvas .tok[data-pos="{position}"]').click()
+    reference = lz.logit_lens(hm, cache)
+    cells = page.locator("#lens td")
+    n_layers = len(reference.layers)
+    assert cells.count() == n_layers * STEPS
+    for layer in reference.layers:
+        shown = page.locator(f'#lens td[data-layer="{layer}"]').all_text_contents()
+        assert shown == [t[:8] for t in labels(hm, reference.argmax[:, layer, 0, position])]
+    heads = page.locator("#attention .head")
+    assert heads.count() == hm.text_config.num_attention_heads
+    layer = int(page.locator("#attn-layer").input_value())
+    assert layer == n_layers - 1
+    pattern = cache[f"decoder.blocks.{layer}.attn.hook_pattern", 2][0, :, position]  # [H, K]
+    tops = [int(t) for t in page.locator("#attention .head .top").evaluate_all("els => els.map(e => e.dataset.top)")]
+    for head, key in enumerate(tops):
+        assert pattern[head, key] >= pattern[head].max() - 1 / 255
+    assert page.errors == []
+
+
+def test_patching_cells_link_to_their_step_and_layer(page):
+    page.locator('#canvas .tok[data-pos="3"]').click()  # a position, so that the lens shows
+    heatmap = page.locator("#patching canvas").first
+    left, top, cw, ch = heatmap.evaluate("c => [+c.dataset.left, +c.dataset.top, +c.dataset.cw, +c.dataset.ch]")
+    step, layer = 4, 1  # rows are steps, columns layers
+    heatmap.click(position={"x": left + (layer + 0.5) * cw, "y": top + (step + 0.5) * ch})
+    assert page.locator("#step").input_value() == str(step)
+    assert page.locator("#attn-layer").input_value() == str(layer)
+    assert page.locator("#lens tr.sel th").first.inner_text() == f"L{layer}"
+
+
+def test_play_steps_through_the_run(page):
+    page.locator("#step").fill("0")
+    page.click("#play")
+    from playwright.sync_api import expect  # waits without eval (the page's CSP forbids it)
+
+    expect(page.locator("#step")).to_have_value("1")
+    page.click("#play")
+    assert page.errors == []
+
+
+def test_screenshot_is_not_blank(page):
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
+    colours = image.getcolors(maxcolors=1_000_000)
+    assert colours is not None and len(colours) > 100
+    assert max(count for count, _ in colours) < 0.9 * image.width * image.height  # not one flat colour
