@@ -39,6 +39,7 @@ results: install
 	$(BIN)/python -m diffinterp.cli eval --task all --by-case --model ar --save diffinterp/assets/ar/eval_results.json
 	$(BIN)/python benchmarks/sampler_grid.py --json out/benchmarks/sampler_grid.json
 	$(BIN)/python benchmarks/instrument_examples.py
+	$(BIN)/python benchmarks/viewer_examples.py
 	set -e; for spec in $(STUDIES); do name=$${spec%%:*}; n=$${spec##*:}; dir=$$(echo $$name | tr - _); \
 		$(BIN)/python -m diffinterp.cli case-study $$name --n $$n --out out/$$dir; \
 		figs=docs/figures/case-studies/$$name; [ $$name = variable-transparency ] && figs=docs/figures/$$dir; \

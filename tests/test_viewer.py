@@ -266,6 +266,33 @@ def test_view_command_errors_are_clear(saved, run, tmp_path, capsys):
     assert not (tmp_path / "v.html").exists()
 
 
+def test_patch_save_runs_gives_view_the_run_its_heatmap_refers_to(tmp_path, capsys):
+    out = tmp_path / "patch"
+    rc = main(["patch", "--clean", CLEAN[1], "--corrupt", CORRUPT[1], "--sweep", "step-position", "--mode", "step",
+               "--steps", "3", "--save-runs", "--out", str(out)])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    page = tmp_path / "patch.html"
+    rc = main(["view", str(out / "clean.trajectory.safetensors"), "--cache", str(out / "clean.cache.safetensors"),
+               "--patching", str(out / "patching.json"), "--out", str(page)])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    data = page_data(page.read_text())
+    block, panel = data["blocks"][0], data["patching"][0]
+    assert block["topk"] is not None and block["lens"] is not None  # the saved run has logits and resid_post
+    assert panel["axes"] == [["step", [0, 1, 2]], ["position", list(range(data["canvas"]))]]
+    assert block["steps"] == 3
+    saved = json.loads((out / "patching.json").read_text())
+    assert panel["values"] == [None if v != v else round(v, 4) for row in saved["restored_fraction"] for v in row]
+
+
+def test_run_record_logits_keeps_them(tmp_path):
+    out = tmp_path / "run.safetensors"
+    assert main(["run", "--prompt", CLEAN[0], "--cache", "decoder.hook_embed", "--record-logits", "--steps", "2",
+                 "--out", str(out)]) == 0  # fmt: skip
+    trajectory = di.Trajectory.load(tmp_path / "run.trajectory.safetensors")
+    logits = trajectory.stack("logits")  # raises if they were not recorded
+    assert logits.shape[:3] == (trajectory.block(0).n_steps, 1, trajectory.canvas_length)
+
+
 # ------------------------------------------------------------------------------------------ browser
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

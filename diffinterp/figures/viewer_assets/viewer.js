@@ -309,8 +309,17 @@
   }
 
   // ------------------------------------------------------------------ logit lens of the selected position
+  // The table is rebuilt only when its block, row, position or layer changes; a new step moves the outline.
+  let lensKey = null;
   function renderLens() {
     const b = blk(), L = b.lens, box = $("lens"), title = $("lens-title");
+    const key = [state.block, state.row, state.pos, state.layer].join(":");
+    if (L && state.pos >= 0 && key === lensKey) {
+      for (const cell of box.querySelectorAll(".cur")) cell.classList.remove("cur");
+      for (const cell of box.querySelectorAll('[data-step="' + state.step + '"]')) cell.classList.add("cur");
+      return;
+    }
+    lensKey = null;
     box.textContent = "";
     title.textContent = "";
     if (!L) {
@@ -324,7 +333,11 @@
     title.textContent = "position " + state.pos + " (final token " + label(b.final[r * C + state.pos]) + "): top-1 token, colour = its probability";
     const table = el("table", "lens"), head = el("tr");
     head.appendChild(el("th", "", "layer \\ step"));
-    for (const s of L.steps) head.appendChild(el("th", s === state.step ? "cur" : "", String(s)));
+    for (const s of L.steps) {
+      const th = el("th", s === state.step ? "cur" : "", String(s));
+      th.dataset.step = s;
+      head.appendChild(th);
+    }
     table.appendChild(head);
     for (let li = NL - 1; li >= 0; li--) {
       const layer = L.layers[li], tr = el("tr", layer === state.layer ? "sel" : "");
@@ -350,6 +363,7 @@
       update();
     });
     box.appendChild(table);
+    lensKey = key;
   }
 
   // ------------------------------------------------------------------ attention per head
