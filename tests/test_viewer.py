@@ -421,6 +421,28 @@ def test_play_steps_through_the_run(page):
     assert page.errors == []
 
 
+def test_canvases_and_id_labels_of_a_tokenizer_free_model(browser, tmp_path):
+    """A random tiny model without a tokenizer, two canvases: the canvas selector shows each block's
+    tokens, labelled ``#id``."""
+    hm = di.HookedDiffusionGemma(di.tiny_model(di.tiny_config(), seed=0))
+    ids = torch.randint(3, 90, (2, 5), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    traj = hm.generate(ids, max_new_tokens=2 * hm.config.canvas_length, max_denoising_steps=3, record_logits=True)
+    assert len(traj.blocks) == 2
+    path = vw.write_view(tmp_path / "two.html", traj, hm=hm)
+    tab = browser.new_page()
+    errors = []
+    tab.on("pageerror", lambda error: errors.append(str(error)))
+    tab.goto(path.as_uri())
+    tab.select_option("#block", "1")
+    tab.select_option("#row", "1")
+    tab.locator("#step").fill("2")
+    assert shown_tokens(tab) == [f"#{i}" for i in traj.step(1, 2).argmax[1].tolist()]
+    assert "no logit lens" in tab.inner_text("#lens") and "no attention" in tab.inner_text("#attention")
+    assert errors == []
+    tab.close()
+
+
 def test_screenshot_is_not_blank(page):
     from PIL import Image
 
