@@ -1,4 +1,4 @@
-"""The viewer pages and the screenshot the docs show, on the bundled model: ``docs/figures/viewer/``.
+"""The viewer pages and the screenshot the docs show, on the bundled ``toy4`` model: ``docs/figures/viewer/``.
 
     python benchmarks/viewer_examples.py [--out docs/figures/viewer] [--no-screenshot]
 
@@ -102,7 +102,7 @@ def main() -> None:
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    hm = di.load_model()
+    hm = di.load_model("toy4")  # the docs' arith / hop prompts are its tasks
     written = [example(hm, out), arith(hm, out, Path(args.numbers))]
     if not args.no_screenshot:
         screenshot(written[0], out / "viewer.png")

@@ -1,10 +1,10 @@
-"""How big the viewer's HTML file is, and how long it takes to build: the bundled model and the real size.
+"""How big the viewer's HTML file is, and how long it takes to build: the bundled toy4 model and the real size.
 
     python benchmarks/viewer_size.py [--repeats 3] [--browser] [--json out/benchmarks/viewer_size.json]
 
 Two cases, each built ``--repeats`` times (median build time: ``view_html`` + writing the file):
 
-- **bundled**: a real run of the bundled model, 2 prompts, all 32 steps, logits recorded, every
+- **bundled**: a real run of the bundled toy4 model, 2 prompts, all 32 steps, logits recorded, every
   layer's ``hook_resid_post`` (logit lens) and ``attn.hook_pattern`` cached;
 - **real size**: a synthetic ``Trajectory`` of the released model's shape (1 prompt of 16 tokens, one
   256-token canvas, 48 steps, 262,144-token vocabulary, no full logits) with top-10 per position and
@@ -144,7 +144,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     report: dict = {"command": "python benchmarks/viewer_size.py", "real_shape": REAL}
 
-    hm = di.load_model()
+    hm = di.load_model("toy4")
     ids, mask = hm.to_tokens(PROMPTS)
     steps = hm.model.generation_config.max_denoising_steps
     torch.manual_seed(0)

@@ -18,6 +18,11 @@ BAD = {
     "depth": [["--config", "bogus"], ["--chain-lengths", "0"]],
     "case-study": [["monitorability", "--tasks", ","], ["monitorability", "--n", "0"],
                    ["monitorability", "--tasks", "nope"]],
+    "view": [["OUT/missing.safetensors"], ["OUT"], ["TRAJ", "--top-k", "0"], ["TRAJ", "--max-attention-mb", "-1"],
+             ["TRAJ", "--max-attention-mb", "nan"], ["TRAJ", "--out", "TRAJ"], ["TRAJ", "--out", "OUT"],
+             ["TRAJ", "--cache", "TRAJ"], ["TRAJ", "--patching", "TRAJ"], ["TRAJ", "--patching", "OUT/missing.json"],
+             ["TRAJ", "--model", "no-such-model"], ["TRAJ", "--tokenizer", "OUT/no-such-folder"],
+             ["OUT/not-a-record.safetensors"]],
     "train": [["--organism", "bogus", "--model", "ar", "--out", "OUT/t"]],
     "eval": [["--n", "0"], ["--n", "-1"], ["--batch-size", "0"], ["--task", "bogus"], ["--model", "no-such-model"],
              ["--task", "arith", "--model", "toy4", "--out-of-range-flag"]],
@@ -30,6 +35,20 @@ def cases():
             yield pytest.param(command, variant, id=f"{command} {' '.join(variant)}")
 
 
+def tiny_trajectory(folder):
+    """A saved trajectory of a tiny random model (what ``diffinterp view`` reads)."""
+    import torch
+
+    import diffinterp as di
+
+    path = folder / "run.trajectory.safetensors"
+    if not path.exists():
+        hm = di.HookedDiffusionGemma(di.tiny_model(di.tiny_config(vocab_size=64), seed=0))
+        torch.manual_seed(0)
+        hm.generate(torch.tensor([[5, 6]]), max_new_tokens=8, max_denoising_steps=2).save(path)
+    return path
+
+
 @pytest.mark.parametrize(("command", "variant"), list(cases()))
 def test_bad_values_get_one_clear_error(command, variant, tmp_path, capsys):
     argv = [command] + [a.replace("OUT", str(tmp_path)) for a in variant]
@@ -37,6 +56,13 @@ def test_bad_values_get_one_clear_error(command, variant, tmp_path, capsys):
         argv += ["--out", str(tmp_path / "out")]
     if command == "eval" and "--model" not in variant:
         argv += ["--model", "toy4"]
+    if command == "view":  # a real (tiny) trajectory to view, and a file that is not a record
+        argv = [a.replace("TRAJ", str(tiny_trajectory(tmp_path))) for a in argv]
+        (tmp_path / "not-a-record.safetensors").write_text("not a record")
+        if "--out" not in variant:
+            argv += ["--out", str(tmp_path / "out")]
+        if "--model" not in variant and "--tokenizer" not in variant:
+            argv += ["--model", "toy4"]
     try:
         code = main(argv)
     except SystemExit as exit_:  # argparse's own errors

@@ -32,12 +32,12 @@ TOL = 0.5 / vw.P_SCALE + 1e-6  # one quantisation step of a probability
 
 @pytest.fixture(scope="module")
 def hm():
-    return di.load_model()  # the bundled toy model
+    return di.load_model("toy4")  # the bundled four-task model (arith, hop, ...)
 
 
 @pytest.fixture(scope="module")
 def run(hm):
-    """Two prompts of the bundled model, every step run, with logits, the residual stream and attention
+    """Two prompts of the toy4 model, every step run, with logits, the residual stream and attention
     cached, and a step x layer patching sweep from corrupted twins."""
     clean, cache, corrupt, _ = pt.coupled_runs(
         hm, CLEAN, CORRUPT, NAMES, max_denoising_steps=STEPS, stability_threshold=STEPS
@@ -109,25 +109,44 @@ def test_topk_is_the_softmax_of_the_recorded_logits(run):
     assert np.abs(np.take_along_axis(reference, ids, -1) - probs).max() <= TOL  # of these very tokens
 
 
-def test_self_conditioning_view_rebuilds_the_next_steps_soft_embedding(hm):
-    """With the top-3 bottleneck the shipped view is the whole signal: softmax(view) @ E * sqrt(d) must be
-    what the next step's ``decoder.sc.hook_soft_embed`` received."""
+@pytest.mark.parametrize("bottleneck", ["topk:3:renorm", "topk:3", "topp:0.2"])
+def test_self_conditioning_view_rebuilds_the_next_steps_soft_embedding(hm, bottleneck):
+    """The shipped view is the bottleneck's signal (``bottleneck_logits``): with ``topk:3:renorm`` its kept
+    tokens carry all of it, softmax(view) @ E * sqrt(d) must be what the next step's
+    ``decoder.sc.hook_soft_embed`` received; with the paper's remainder rule (``topk:3``, ``topp:0.2``)
+    the kept tokens plus the remaining mass spread uniformly over the other V - K tokens must be."""
     ids, mask = hm.to_tokens(CLEAN)
     torch.manual_seed(1)
     traj, cache = hm.run_with_cache(
-        ids, "decoder.sc.hook_soft_embed", attention_mask=mask, bottleneck="topk:3", record_logits=True,
+        ids, "decoder.sc.hook_soft_embed", attention_mask=mask, bottleneck=bottleneck, record_logits=True,
         max_denoising_steps=4, stability_threshold=4,
     )  # fmt: skip
     data = vw.view_data(traj, hm=hm)
+    assert data["bottleneck"] == bottleneck
     topk = data["blocks"][0]["topk"]
     n_steps, canvas = traj.block(0).n_steps, traj.canvas_length
     view_ids = torch.tensor([data["ids"][i] for i in topk["ids"]]).view(n_steps, 2, canvas, -1)
     view_p = torch.tensor(topk["sc"], dtype=torch.float32).view(n_steps, 2, canvas, -1) / vw.P_SCALE
-    assert torch.all((view_p > 0).sum(-1) <= 3)
-    embedding = hm.model.model.decoder.embed_tokens.weight.detach()
+    embedding = hm.model.model.decoder.embed_tokens.weight.detach().float()
+    vocab = embedding.shape[0]
     scale = hm.text_config.hidden_size**0.5
     for step in range(n_steps - 1):
-        rebuilt = torch.einsum("bck,bckd->bcd", view_p[step], embedding[view_ids[step]]) * scale
+        record = traj.step(0, step)
+        probs = (record.logits.float() / record.temperature).softmax(-1)  # what the bottleneck reads
+        if bottleneck.startswith("topk"):  # the paper's rules, written out independently of core.bottleneck
+            keep = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, probs.topk(3, dim=-1).indices, True)
+        else:
+            keep = (probs >= 0.2).scatter_(-1, probs.argmax(-1, keepdim=True), True)
+        kept_p = torch.where(keep, probs, torch.zeros_like(probs))
+        if bottleneck.endswith(":renorm"):
+            assert torch.all((view_p[step] > 0).sum(-1) <= 3)  # the view's top ranks carry the whole signal
+            rebuilt = torch.einsum("bck,bckd->bcd", view_p[step], embedding[view_ids[step]]) * scale
+            signal = kept_p / kept_p.sum(-1, keepdim=True)
+        else:  # kept tokens with their probabilities, the rest of the mass uniform over the other tokens
+            rest = (1 - kept_p.sum(-1, keepdim=True)) / (vocab - keep.sum(-1, keepdim=True))
+            signal = torch.where(keep, probs, rest.expand_as(probs))
+            rebuilt = signal @ embedding * scale
+        assert (signal.gather(-1, view_ids[step]) - view_p[step]).abs().max() <= TOL  # what the page shows
         received = cache["decoder.sc.hook_soft_embed", step + 1]
         active = traj.step(0, step + 1).active
         assert active.any()
@@ -243,7 +262,7 @@ def saved(run, tmp_path_factory):
 def test_view_command_writes_one_page(saved, capsys):
     out = saved / "page" / "view.html"
     rc = main(["view", str(saved / "run.trajectory.safetensors"), "--cache", str(saved / "run.safetensors"),
-               "--patching", str(saved / "patching.json"), "--out", str(out)])  # fmt: skip
+               "--patching", str(saved / "patching.json"), "--model", "toy4", "--out", str(out)])  # fmt: skip
     assert rc == 0
     assert f"wrote {out}" in capsys.readouterr().out
     data = page_data(out.read_text())
@@ -253,27 +272,42 @@ def test_view_command_writes_one_page(saved, capsys):
     assert [p.name for p in out.parent.iterdir()] == ["view.html"]  # written atomically: no temporary left
 
 
-def test_view_command_errors_are_clear(saved, run, tmp_path, capsys):
+def test_view_command_errors_are_clear(saved, tmp_path, capsys):
+    trajectory, cache, patching = (str(saved / name) for name in ("run.trajectory.safetensors", "run.safetensors",
+                                                                  "patching.json"))  # fmt: skip
     assert main(["view", str(tmp_path / "missing.safetensors")]) == 2
     assert "diffinterp view: error: no trajectory at" in capsys.readouterr().err
-    assert main(["view", str(saved / "run.trajectory.safetensors"), "--patching", str(saved / "run.safetensors")]) == 2
+    assert main(["view", trajectory, "--model", "toy4", "--patching", cache]) == 2
     assert "is not a JSON patching file" in capsys.readouterr().err
-    clean = run[0]
-    dataclasses.replace(clean, canvas_length=clean.canvas_length * 2).save(tmp_path / "other.safetensors")
-    assert main(["view", str(tmp_path / "other.safetensors"), "--out", str(tmp_path / "v.html")]) == 2
+    tiny = di.HookedDiffusionGemma(di.tiny_model(di.tiny_config(vocab_size=64), seed=0))  # canvas 8
+    torch.manual_seed(0)
+    other = tiny.generate(torch.tensor([[5, 6]]), max_new_tokens=8, max_denoising_steps=2)
+    other.save(tmp_path / "other.safetensors")
+    page = str(tmp_path / "v.html")
+    assert main(["view", str(tmp_path / "other.safetensors"), "--model", "toy4", "--out", page]) == 2
     err = capsys.readouterr().err
-    assert "diffinterp view: error: the trajectory's canvas has 32 positions, the bundled model's 16" in err
+    assert "diffinterp view: error: the trajectory's canvas has 8 positions, the model 'toy4''s 16" in err
     assert not (tmp_path / "v.html").exists()
+    before = (saved / "run.trajectory.safetensors").read_bytes()
+    for out in (trajectory, cache, patching):  # the page never replaces one of its inputs
+        assert (
+            main(["view", trajectory, "--cache", cache, "--patching", patching, "--model", "toy4", "--out", out]) == 2
+        )
+        assert "is given twice" in capsys.readouterr().err
+    assert (saved / "run.trajectory.safetensors").read_bytes() == before
+    wrong = str(tmp_path / "other.safetensors")  # a trajectory given as the cache
+    assert main(["view", trajectory, "--model", "toy4", "--cache", wrong, "--out", str(tmp_path / "c.html")]) == 2
+    assert "diffinterp view: error:" in capsys.readouterr().err and not (tmp_path / "c.html").exists()
 
 
 def test_patch_save_runs_gives_view_the_run_its_heatmap_refers_to(tmp_path, capsys):
     out = tmp_path / "patch"
     rc = main(["patch", "--clean", CLEAN[1], "--corrupt", CORRUPT[1], "--sweep", "step-position", "--mode", "step",
-               "--steps", "3", "--save-runs", "--out", str(out)])  # fmt: skip
+               "--max-denoising-steps", "3", "--save-runs", "--model", "toy4", "--out", str(out)])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
     page = tmp_path / "patch.html"
     rc = main(["view", str(out / "clean.trajectory.safetensors"), "--cache", str(out / "clean.cache.safetensors"),
-               "--patching", str(out / "patching.json"), "--out", str(page)])  # fmt: skip
+               "--patching", str(out / "patching.json"), "--model", "toy4", "--out", str(page)])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
     data = page_data(page.read_text())
     block, panel = data["blocks"][0], data["patching"][0]
@@ -286,8 +320,8 @@ def test_patch_save_runs_gives_view_the_run_its_heatmap_refers_to(tmp_path, caps
 
 def test_run_record_logits_keeps_them(tmp_path):
     out = tmp_path / "run.safetensors"
-    assert main(["run", "--prompt", CLEAN[0], "--cache", "decoder.hook_embed", "--record-logits", "--steps", "2",
-                 "--out", str(out)]) == 0  # fmt: skip
+    assert main(["run", "--prompt", CLEAN[0], "--cache", "decoder.hook_embed", "--record-logits",
+                 "--max-denoising-steps", "2", "--model", "toy4", "--out", str(out)]) == 0  # fmt: skip
     trajectory = di.Trajectory.load(tmp_path / "run.trajectory.safetensors")
     logits = trajectory.stack("logits")  # raises if they were not recorded
     assert logits.shape[:3] == (trajectory.block(0).n_steps, 1, trajectory.canvas_length)

@@ -26,7 +26,8 @@ def register(commands) -> None:
     view.add_argument(
         "--model",
         default=None,
-        help="NAME|PATH of the model that ran it: token strings and the logit lens (default: the bundled model)",
+        help="a bundled organism or an HF DiffusionGemma folder: the model that ran it, for token strings and "
+        "the logit lens (default: the default bundled model)",
     )
     view.add_argument(
         "--tokenizer", default=None, help="a tokenizer folder: token strings without loading a model (no lens)"
@@ -36,27 +37,39 @@ def register(commands) -> None:
         "--max-attention-mb", type=float, default=16.0, help="limit on the shipped attention (default 16)"
     )
     view.add_argument("--title", default=None)
-    view.add_argument("--out", default="view.html")
+    view.add_argument("--out", default="view.html", help="the page to write (default view.html)")
     view.set_defaults(func=cmd_view)
 
 
 def cmd_view(args) -> int:
     """Load the run, compute what the page shows (top-k, lens, attention, heatmaps) and write the page."""
     import json
+    import math
 
+    from diffinterp.cli.options import distinct_outputs
     from diffinterp.figures.viewer import render_page, view_data
     from diffinterp.records.cache import DenoisingCache
     from diffinterp.records.files import write_text_atomic
     from diffinterp.records.trajectory import Trajectory
 
+    # Every value is checked before anything loads: a bad flag is named at once, not after a model load.
     if args.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
-    trajectory = Trajectory.load(_existing(args.trajectory, "trajectory"))
-    cache = DenoisingCache.load(_existing(args.cache, "cache")) if args.cache else None
+    if not (math.isfinite(args.max_attention_mb) and args.max_attention_mb >= 0):
+        raise ValueError(f"--max-attention-mb must be at least 0, got {args.max_attention_mb}")
+    inputs = [_existing(args.trajectory, "trajectory")]
+    if args.cache:
+        inputs.append(_existing(args.cache, "cache"))
+    inputs += [_existing(name, "patching file") for name in args.patching]
+    if Path(args.out).is_dir():
+        raise ValueError(
+            f"--out {args.out} is a folder; give the path of the page to write (e.g. {args.out}/view.html)"
+        )
+    distinct_outputs(*inputs, args.out)  # the page never replaces one of its inputs
     patching = []
     for name in args.patching:
         try:
-            loaded = json.loads(_existing(name, "patching file").read_text())
+            loaded = json.loads(Path(name).read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{name} is not a JSON patching file ({err})") from None
         if not isinstance(loaded, dict):
@@ -64,6 +77,8 @@ def cmd_view(args) -> int:
                 f"{name} holds a JSON {type(loaded).__name__}; a patching file is an object (patching.json)"
             )
         patching.append(loaded)
+    trajectory = Trajectory.load(inputs[0])
+    cache = DenoisingCache.load(inputs[1]) if args.cache else None
     hm, tokenizer = _model_and_tokenizer(args, trajectory)
     data = view_data(
         trajectory,
@@ -92,19 +107,19 @@ def cmd_view(args) -> int:
 
 def _existing(path: str, what: str) -> Path:
     if not Path(path).is_file():
-        raise FileNotFoundError(f"no {what} at {path}")
+        raise ValueError(f"no {what} at {path}" + (" (it is a folder)" if Path(path).is_dir() else ""))
     return Path(path)
 
 
 def _model_and_tokenizer(args, trajectory):
-    """``(hm, tokenizer)``: the model given (or the bundled one) unless only a tokenizer folder is given."""
+    """``(hm, tokenizer)``: the model given (or the default bundled one) unless only a tokenizer folder is given."""
     from diffinterp.core.loading import load_model, load_tokenizer
 
     if args.tokenizer is not None and args.model is None:
         folder = _existing_folder(args.tokenizer)
         tokenizer = load_tokenizer(folder)
         if tokenizer is None:
-            raise FileNotFoundError(f"{folder} has no tokenizer.json or tokenizer_config.json")
+            raise ValueError(f"{folder} has no tokenizer.json or tokenizer_config.json")
         return None, tokenizer
     hm = load_model(args.model)
     check_model_matches(hm, trajectory, args.model)
@@ -114,13 +129,15 @@ def _model_and_tokenizer(args, trajectory):
 
 def _existing_folder(path: str) -> Path:
     if not Path(path).is_dir():
-        raise FileNotFoundError(f"no tokenizer folder at {path}")
+        raise ValueError(f"no tokenizer folder at {path}")
     return Path(path)
 
 
 def check_model_matches(hm, trajectory, name=None) -> None:
     """Raise unless ``trajectory`` could come from ``hm`` (canvas length, vocabulary)."""
-    which = f"model '{name}'" if name else "bundled model"
+    from diffinterp.core.loading import DEFAULT_MODEL
+
+    which = f"model '{name}'" if name else f"default model '{DEFAULT_MODEL}'"
     hint = "give the model that ran it (--model NAME|PATH) or only its tokenizer (--tokenizer FOLDER)"
     canvas = hm.config.canvas_length
     if trajectory.canvas_length != canvas:

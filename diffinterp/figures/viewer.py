@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from diffinterp.core.bottleneck import Bottleneck, top_k_logits
+from diffinterp.core.bottleneck import Bottleneck, bottleneck_logits
 from diffinterp.instruments.lens import RESID_POST, settle_steps, unembed
 from diffinterp.instruments.patching import AttributionResult, PatchingResult
 from diffinterp.records.cache import DenoisingCache
@@ -122,19 +122,17 @@ def self_conditioning_probs(
     """The probability of each of ``ids`` ``[..., k]`` in what the next step's self-conditioning receives.
 
     That signal is the step's tempered logits ``logits / temperature`` passed through the bottleneck
-    (:mod:`diffinterp.core.bottleneck`): its softmax (``continuous``), or its top-K renormalised
-    (``topk:K``). ``argmax`` / ``sample`` pass one token (the page reads it from the trajectory) and
-    ``none`` nothing: None for those.
+    (:func:`diffinterp.core.bottleneck.bottleneck_logits`): its softmax (``continuous``), or the
+    ``topk:K`` / ``topp:P`` distribution (kept tokens with their probabilities, the rest spread
+    uniformly, or renormalised with ``:renorm``). ``argmax`` / ``sample`` pass one token (the page
+    reads it from the trajectory) and ``none`` nothing: None for those.
     """
     mode = Bottleneck.parse(bottleneck)
-    tempered = logits.float() / temperature
-    if mode.mode == "continuous":
-        signal = tempered
-    elif mode.mode == "topk":
-        signal = top_k_logits(tempered, mode.k)
-    else:
+    if mode.mode not in ("continuous", "topk", "topp"):
         return None
-    return signal.softmax(-1).gather(-1, ids)
+    tempered = logits.float() / temperature
+    signal = bottleneck_logits(mode, tempered, tempered.argmax(-1))  # the draw only matters for ``sample``
+    return signal.float().softmax(-1).gather(-1, ids)
 
 
 def block_topk(trajectory: Trajectory, block: int, cache: DenoisingCache | None, k: int = TOP_K) -> TopK | None:
