@@ -33,8 +33,13 @@ from diffinterp.studies.gate import alternative_kwargs, measure_gate
 QUICK_N = 24
 
 
-def classified(hm, batches, *, threshold, window, neighbours) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(classes, steps, content)`` ``[N]`` of every intermediate candidate of the batches."""
+def classified(hm, batches, *, threshold, window, neighbours) -> tuple[torch.Tensor, ...]:
+    """``(classes, steps, content, shuffled)`` ``[N]`` of every intermediate candidate of the batches.
+
+    ``shuffled``: the classes the same candidates get against *another* prompt's final canvas (the
+    batch's rows rolled by one): the chance level of each class for this task's vocabulary and
+    answer layout. On a small vocabulary most symbols sit within ±10 positions of any position, so
+    the first three classes are near-certain by chance; the baseline says how much is the model's."""
     eos, pad = studies.special_ids(hm)
     embedding = hm.model.get_input_embeddings().weight
     parts = []
@@ -48,23 +53,27 @@ def classified(hm, batches, *, threshold, window, neighbours) -> tuple[torch.Ten
         found = found.keep(intermediate)
         near = ti.cosine_neighbours(embedding, set(final.flatten().tolist()) - {eos, pad}, neighbours)
         classes = ti.classify(found, final, near, window=window, ignore=(eos, pad))
+        shuffled = ti.classify(found, final.roll(1, 0), near, window=window, ignore=(eos, pad))
         ends = torch.where(final == eos, torch.arange(final.shape[1]), final.shape[1]).min(1).values
         content = (found.position < ends[found.row]) & ~torch.isin(found.token, torch.tensor([eos, pad]))
-        parts.append((classes, found.step, content))
+        parts.append((classes, found.step, content, shuffled))
     if not parts:
         empty = torch.zeros(0, dtype=torch.long)
-        return empty, empty, empty.bool()
-    return tuple(torch.cat([p[i] for p in parts]) for i in range(3))
+        return empty, empty, empty.bool(), empty
+    return tuple(torch.cat([p[i] for p in parts]) for i in range(4))
 
 
 def _measure(hm, prompts, *, seed, threshold, window, neighbours, gen_kwargs) -> tuple[dict, list]:
     reduce = lambda logits, step: ti.candidates_from_logits(logits, step, threshold)  # noqa: E731
     batches = list(studies.run_prompt_set(hm, prompts, seed=seed, reduce_logits=reduce, **gen_kwargs))
-    classes, steps, content = classified(hm, batches, threshold=threshold, window=window, neighbours=neighbours)
+    classes, steps, content, shuffled = classified(
+        hm, batches, threshold=threshold, window=window, neighbours=neighbours
+    )
     result = {
         "candidates": int(len(classes)),
         "all": ti.class_shares(classes, steps),
         "content": ti.class_shares(classes[content], steps[content]),
+        "content_shuffled_baseline": ti.class_shares(shuffled[content]),
     }
     return result, batches
 
@@ -80,6 +89,9 @@ def _figure(results: dict[str, dict]):
             values = [results[n]["content"][cls]["value"] or 0.0 for n in names]
             left.bar(range(len(names)), values, bottom=bottom, color=OKABE_ITO[[2, 1, 0, 7][i]], label=cls)
             bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+        chance = [results[n]["content_shuffled_baseline"]["first three"]["value"] or 0.0 for n in names]
+        left.scatter(range(len(names)), chance, marker="_", s=300, color="black", zorder=3,
+                     label="first three vs another prompt's answer (chance)")  # fmt: skip
         left.axhline(
             ti.PAPER_SHARE, color="#D55E00", linestyle="--", linewidth=1, label="paper: >85% in the first three"
         )
@@ -138,6 +150,9 @@ def run(model=None, *, n: int = 100, out_dir: str | Path = "out/token_identity",
         for key, result in results.items():
             summary[f"{key}_first_three_content"] = result["content"]["first three"]["value"]
             summary[f"{key}_final_content"] = result["content"]["final"]["value"]
+            baseline = result["content_shuffled_baseline"]
+            summary[f"{key}_first_three_shuffled_baseline"] = baseline["first three"]["value"]
+            summary[f"{key}_final_shuffled_baseline"] = baseline["final"]["value"]
             summary[f"{key}_candidates"] = result["candidates"]
             summary[f"{key}_gate"] = result["gate"]["verdict"]
         summary["paper_claim"] = (

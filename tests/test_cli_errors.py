@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from diffinterp.cli import main
@@ -115,3 +118,15 @@ def test_written_files_follow_the_umask(tmp_path):
     (tmp_path / ".t.safetensors.zzz.tmp").write_bytes(b"partial")  # an interrupted save
     traj.save(tmp_path / "t.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "t.safetensors"]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["case-study", "--help"], ["eval", "--help"], ["depth", "--help"]])
+def test_help_loads_neither_torch_nor_transformers(argv):
+    """Help is argument parsing only: the heavy libraries load when a command runs, not before."""
+    code = (
+        "import sys\nfrom diffinterp.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'transformer_lens', 'nnsight') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -4,8 +4,10 @@ truths checked against independent brute-force computations."""
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 
@@ -240,3 +242,50 @@ def test_a_hint_always_changes_the_answer_and_the_scratchpad_stays_honest():
             assert words[1] == str(running[-1]) and not truth["hinted"]
         else:
             assert words[1] == str(given) != str(running[-1]) and truth["hinted"]
+
+
+# ---------------------------------------------------------------- the shipped organisms
+GATES = Path(__file__).resolve().parents[1] / "docs" / "results" / "organism_gates.json"
+SHIPPED_SAMPLE = 32  # held-out examples per task: the first 32 of the documented 400
+
+
+def _documented_gates() -> dict:
+    return json.loads(GATES.read_text())["organisms"] if GATES.is_file() else {}
+
+
+def _shipped() -> list[tuple[str, str]]:
+    from diffinterp.core.loading import bundled_models
+
+    documented = _documented_gates()
+    return [
+        (name, task)
+        for name in bundled_models()
+        if name in documented and name != "toy4"
+        for task in catalog.organism(name).tasks
+    ]
+
+
+def _tolerance(p: float, n: int) -> float:
+    return max(0.15, 3 * math.sqrt(max(p * (1 - p), 0.01) / n))
+
+
+def test_every_bundled_organism_has_documented_gates():
+    from diffinterp.core.loading import bundled_models
+
+    missing = [name for name in bundled_models() if name != "toy4" and name not in _documented_gates()]
+    assert not missing, f"run `python benchmarks/organism_gates.py --organisms {' '.join(missing)}`"
+
+
+@pytest.mark.parametrize(("name", "task"), _shipped())
+def test_a_shipped_organism_scores_its_documented_accuracy_full_and_in_one_pass(name, task):
+    """The first 32 held-out examples, full run and one pass, against docs/results/organism_gates.json."""
+    import diffinterp as di
+    from diffinterp.organisms.evaluate import evaluate_task
+
+    row = _documented_gates()[name][task]
+    hm = di.load_model(name)
+    examples = catalog.task(task).test_set(SHIPPED_SAMPLE)
+    for key, kwargs in (("full", {}), ("one_pass", {"max_denoising_steps": 1})):
+        documented = row[key]["accuracy"]
+        got = evaluate_task(hm, task, examples=examples, batch_size=SHIPPED_SAMPLE, **kwargs)["accuracy"]
+        assert abs(got - documented) <= _tolerance(documented, SHIPPED_SAMPLE), (name, task, key, got, documented)

@@ -15,27 +15,73 @@ metrics from the records with pure functions (:mod:`diffinterp.phenomena`), aggr
                                                        # metrics.json written atomically on exit
 """
 
-from diffinterp.records.decoding import decode_output, output_tokens, special_ids
-from diffinterp.records.files import write_json_atomic, write_text_atomic
-from diffinterp.studies.output import StudyOutput
-from diffinterp.studies.prompts import (
-    RANDOM_TASK,
-    PromptSet,
-    model_tasks,
-    prompt_set,
-    random_prompt_set,
-    toy_prompt_set,
-    uses_toy_tokenizer,
-)
-from diffinterp.studies.runs import (
-    DEFAULT_BATCH_SIZE,
-    StudyBatch,
-    generation_options,
-    model_info,
-    rerun_kwargs,
-    run_prompt_set,
-    score_predictions,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# Imported on first use (PEP 562): the CLI lists the registry's studies without loading torch.
+_EXPORTS = {
+    **dict.fromkeys(("decode_output", "output_tokens", "special_ids"), "diffinterp.records.decoding"),
+    **dict.fromkeys(("write_json_atomic", "write_text_atomic"), "diffinterp.records.files"),
+    "StudyOutput": "diffinterp.studies.output",
+    **dict.fromkeys(
+        (
+            "RANDOM_TASK",
+            "PromptSet",
+            "model_tasks",
+            "prompt_set",
+            "random_prompt_set",
+            "toy_prompt_set",
+            "uses_toy_tokenizer",
+        ),
+        "diffinterp.studies.prompts",
+    ),  # fmt: skip
+    **dict.fromkeys(
+        (
+            "DEFAULT_BATCH_SIZE",
+            "StudyBatch",
+            "generation_options",
+            "model_info",
+            "rerun_kwargs",
+            "run_prompt_set",
+            "score_predictions",
+        ),
+        "diffinterp.studies.runs",
+    ),  # fmt: skip
+}
+
+if TYPE_CHECKING:
+    from diffinterp.records.decoding import decode_output, output_tokens, special_ids
+    from diffinterp.records.files import write_json_atomic, write_text_atomic
+    from diffinterp.studies.output import StudyOutput
+    from diffinterp.studies.prompts import (
+        RANDOM_TASK,
+        PromptSet,
+        model_tasks,
+        prompt_set,
+        random_prompt_set,
+        toy_prompt_set,
+        uses_toy_tokenizer,
+    )
+    from diffinterp.studies.runs import (
+        DEFAULT_BATCH_SIZE,
+        StudyBatch,
+        generation_options,
+        model_info,
+        rerun_kwargs,
+        run_prompt_set,
+        score_predictions,
+    )
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'diffinterp.studies' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
