@@ -21,7 +21,8 @@ demo: install
 	$(BIN)/diffinterp demo
 
 test: install
-	$(BIN)/python -m pytest -q
+	# two workers, one test file each at a time (module fixtures are built once per file)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports --no-cache

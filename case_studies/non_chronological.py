@@ -35,7 +35,7 @@ import torch
 
 from diffinterp import studies
 from diffinterp.figures import settling as figures
-from diffinterp.organisms.catalog import TASKS
+from diffinterp.organisms.catalog import TASKS, organism_of
 from diffinterp.organisms.families import carry
 from diffinterp.organisms.task import Example
 from diffinterp.phenomena import order as od
@@ -232,8 +232,12 @@ def run(model=None, *, n: int = 100, out_dir: str | Path = "out/non_chronologica
             for task in tasks or own or (studies.RANDOM_TASK,):
                 key = task if name is None else f"{name}/{task}"
                 result, batches = _study_task(hm, task, n, seed, gen_kwargs)
-                if name is not None:
-                    result["twin"] = twin_accuracy(name, batches[0].prompts, seed) if task == "carry" else None
+                spec = organism_of(hm)  # a given model that is an organism still gets its twin
+                if spec is not None and task == "carry":
+                    try:
+                        result["twin"] = twin_accuracy(spec.name, batches[0].prompts, seed)
+                    except (FileNotFoundError, ValueError) as err:  # no twin shipped: say so
+                        result["twin"] = {"unavailable": str(err)}
                 results[key] = result
                 examples.append((key, batches[0], hm))
         out.figure(figures.settle_by_round({k: r["order"] for k, r in results.items()}), "settle_step_by_round")

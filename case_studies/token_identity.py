@@ -87,7 +87,9 @@ def _figure(results: dict[str, dict]):
         bottom = [0.0] * len(names)
         for i, cls in enumerate(ti.CLASSES):
             values = [results[n]["content"][cls]["value"] or 0.0 for n in names]
-            left.bar(range(len(names)), values, bottom=bottom, color=OKABE_ITO[[2, 1, 0, 7][i]], label=cls)
+            drawn = any(v > 0 for v in values)  # a legend entry only for a class that shows
+            left.bar(range(len(names)), values, bottom=bottom, color=OKABE_ITO[[2, 1, 0, 7][i]],
+                     label=cls if drawn else None)  # fmt: skip
             bottom = [b + v for b, v in zip(bottom, values, strict=True)]
         chance = [results[n]["content_shuffled_baseline"]["first three"]["value"] or 0.0 for n in names]
         left.scatter(range(len(names)), chance, marker="_", s=300, color="black", zorder=3,
@@ -102,13 +104,15 @@ def _figure(results: dict[str, dict]):
         for i, name in enumerate(names):
             per_step = results[name]["content"].get("per_step", {})
             steps = [int(s) for s in per_step if per_step[s]["first three"]["n"] >= 10]
-            right.plot(steps, [per_step[str(s)]["first three"]["value"] for s in steps], marker="o", markersize=3,
-                       color=OKABE_ITO[i % len(OKABE_ITO)], label=name)  # fmt: skip
+            color = OKABE_ITO[i % len(OKABE_ITO)]
+            for cls, style in (("first three", "-"), ("final", ":")):
+                right.plot(steps, [per_step[str(s)][cls]["value"] for s in steps], marker="o", markersize=3,
+                           color=color, linestyle=style, label=f"{name}: {cls}")  # fmt: skip
         right.axhline(ti.PAPER_SHARE, color="#D55E00", linestyle="--", linewidth=1)
         right.xaxis.get_major_locator().set_params(integer=True)
         right.set_ylim(0, 1.02)
         right.set_xlabel("denoising step")
-        right.set_ylabel("first three classes")
+        right.set_ylabel("share of intermediate tokens")
         right.legend(fontsize=6, frameon=False)
         fig.suptitle(f"Token identity of intermediate tokens with p > threshold (paper: >{ti.PAPER_SHARE:.0%})")
     return fig

@@ -130,3 +130,16 @@ def test_help_loads_neither_torch_nor_transformers(argv):
     out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_every_option_of_every_command_has_help():
+    import argparse
+
+    from diffinterp.cli import build_parser
+
+    missing = []
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                missing += [f"{name} {a.option_strings or a.dest}" for a in sub._actions if not a.help]
+    assert not missing, missing

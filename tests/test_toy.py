@@ -234,7 +234,9 @@ def test_eval_command_passes_the_bottleneck_to_the_sampler(capsys):
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["eval", "--task", "mon", "--model", "toy4", "--n", "8", "--bottleneck", "topk:3", "--json"])
+    args = parser.parse_args(
+        ["eval", "--task", "mon", "--model", "toy4", "--n", "8", "--bottleneck", "topk:3", "--json"]
+    )
     assert args.func(args) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["bottleneck"] == "topk:3" and row["n"] == 8 and row["mean_steps_per_canvas"] >= 1
@@ -248,7 +250,9 @@ def test_eval_command_saves_results_with_per_case_tallies(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
     out = tmp_path / "eval_results.json"
-    args = parser.parse_args(["eval", "--task", "hop", "--model", "toy4", "--ar", "--n", "12", "--by-case", "--save", str(out)])
+    args = parser.parse_args(
+        ["eval", "--task", "hop", "--model", "toy4", "--ar", "--n", "12", "--by-case", "--save", str(out)]
+    )
     assert args.func(args) == 0
     saved = json.loads(out.read_text())["tasks"]["hop"]
     assert saved["n"] == 12 and sum(c["n"] for c in saved["by_case"].values()) == 12

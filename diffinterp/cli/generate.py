@@ -17,19 +17,21 @@ from diffinterp.cli.options import (
 def register(commands) -> None:
     demo = commands.add_parser("demo", help="generate on the bundled model; print steps; write figures to out/")
     add_generation_args(demo)
-    demo.add_argument("--prompt", default=None)
-    demo.add_argument("--out", default="out/demo")
+    demo.add_argument("--prompt", default=None, help="prompt text (default: the model's demo prompt)")
+    demo.add_argument("--out", default="out/demo", help="output folder, replaced whole (default out/demo)")
     demo.add_argument("--no-studies", action="store_true", help="skip the quick case studies and the report")
     demo.set_defaults(func=cmd_demo)
 
     run = commands.add_parser("run", help="generate and save a cache of hook activations")
     add_generation_args(run)
-    run.add_argument("--prompt", required=True)
+    run.add_argument("--prompt", required=True, help="prompt text")
     run.add_argument(
         "--cache", required=True, help="comma-separated hook names or globs, e.g. 'decoder.blocks.*.hook_resid_post'"
     )
     run.add_argument("--cache-steps", default=None, help="comma-separated steps to record (default: all)")
-    run.add_argument("--max-bytes", type=int, default=None)
+    run.add_argument(
+        "--max-bytes", type=int, default=None, help="refuse a cache larger than this (default: 80%% of free memory)"
+    )
     run.add_argument("--record-logits", action="store_true", help="keep every step's logits in the trajectory")
     run.add_argument("--out", required=True, help="cache file (.safetensors)")
     run.add_argument("--trajectory", default=None, help="trajectory file (default: beside --out)")

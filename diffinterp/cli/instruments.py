@@ -22,16 +22,23 @@ def register(commands) -> None:
     add_generation_args(lens)
     lens.add_argument("--prompt", default=None, help="default: the checkpoint's demo prompt")
     lens.add_argument("--positions", default=None, help="canvas positions to draw, e.g. '0-3,8' (default 0-7)")
-    lens.add_argument("--out", default="out/lens")
+    lens.add_argument("--out", default="out/lens", help="output folder, replaced whole (default out/lens)")
     lens.set_defaults(func=cmd_lens)
 
     patch = commands.add_parser("patch", help="activation / path patching from a clean into a corrupted prompt")
     add_generation_args(patch)
     patch.add_argument("--clean", required=True, help="the clean prompt")
     patch.add_argument("--corrupt", required=True, help="the corrupted prompt (same length after tokenising)")
-    patch.add_argument("--sweep", choices=PATCH_SWEEPS, default="step-layer")
-    patch.add_argument("--metric", choices=PATCH_METRICS, default="logit-diff")
-    patch.add_argument("--mode", choices=("free", "chain", "step"), default="free")
+    patch.add_argument("--sweep", choices=PATCH_SWEEPS, default="step-layer", help="what to sweep (default step-layer)")
+    patch.add_argument(
+        "--metric", choices=PATCH_METRICS, default="logit-diff", help="restoration metric (default logit-diff)"
+    )
+    patch.add_argument(
+        "--mode",
+        choices=("free", "chain", "step"),
+        default="free",
+        help="free: re-generate after the patch; chain: patched steps feed the next; step: one step only",
+    )
     patch.add_argument("--layer", type=int, default=None, help="layer of the step-position sweep (default: middle)")
     patch.add_argument("--adaptive", action="store_true", help="keep adaptive stopping (default: every step runs)")
     patch.add_argument(
@@ -39,7 +46,7 @@ def register(commands) -> None:
         action="store_true",
         help="also save the clean run: clean.trajectory.safetensors, clean.cache.safetensors (for diffinterp view)",
     )
-    patch.add_argument("--out", default="out/patch")
+    patch.add_argument("--out", default="out/patch", help="output folder, replaced whole (default out/patch)")
     patch.set_defaults(func=cmd_patch)
 
 

@@ -11,9 +11,9 @@ def register(commands) -> None:
     hooks.add_argument(
         "--config", default="bundled", help="real (26B-A4B, meta device) | tiny | bundled | an organism | PATH"
     )
-    hooks.add_argument("--batch", type=int, default=1)
-    hooks.add_argument("--prompt-len", type=int, default=16)
-    hooks.add_argument("--block", type=int, default=0)
+    hooks.add_argument("--batch", type=int, default=1, help="batch size of the shapes (default 1)")
+    hooks.add_argument("--prompt-len", type=int, default=16, help="prompt tokens of the shapes (default 16)")
+    hooks.add_argument("--block", type=int, default=0, help="canvas (block) index (default 0)")
     hooks.set_defaults(func=cmd_hooks)
 
     depth = commands.add_parser("depth", help="opaque serial depth: AR Gemma 4 vs DiffusionGemma (meta device)")
@@ -22,7 +22,7 @@ def register(commands) -> None:
     depth.add_argument(
         "--chain-lengths", type=int, nargs="+", default=[48], help="numbers of chained denoising steps N to report"
     )
-    depth.add_argument("--prompt-len", type=int, default=16)
+    depth.add_argument("--prompt-len", type=int, default=16, help="prompt tokens of the traced run (default 16)")
     depth.add_argument("--trace-steps", type=int, default=4, help="steps traced per mode (>= N traces every step)")
     depth.add_argument("--json", default=None, help="also write the table as JSON here")
     depth.set_defaults(func=cmd_depth)

@@ -28,7 +28,7 @@ def register(commands) -> None:
     )
     study.add_argument("--n", type=int, default=100, help="examples per task")
     study.add_argument("--out", default=None, help="output folder (default: out/NAME)")
-    study.add_argument("--seed", type=int, default=0)
+    study.add_argument("--seed", type=int, default=0, help="seed of the prompts and the sampler (default 0)")
     study.add_argument("--quick", action="store_true", help="the short version `diffinterp demo` runs")
     study.add_argument(
         "--tasks", default=None, help="comma-separated tasks, e.g. arith,hop (studies that take several)"

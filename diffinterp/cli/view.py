@@ -36,7 +36,7 @@ def register(commands) -> None:
     view.add_argument(
         "--max-attention-mb", type=float, default=16.0, help="limit on the shipped attention (default 16)"
     )
-    view.add_argument("--title", default=None)
+    view.add_argument("--title", default=None, help="page title (default: the trajectory file name)")
     view.add_argument("--out", default="view.html", help="the page to write (default view.html)")
     view.set_defaults(func=cmd_view)
 
