@@ -21,7 +21,7 @@ DIFFUSION_MODEL_TYPE = "diffusion_gemma"
 
 METADATA_FILE = "diffinterp.json"  # our own facts about a checkpoint (organism, demo prompt, tasks)
 #: The bundled model ``load_model()`` loads: an organism whose denoising loop is load-bearing.
-DEFAULT_MODEL = "latin"
+DEFAULT_MODEL = "carry"
 KINDS = ("diffusion", "ar")  # a bundled organism's DiffusionGemma and its autoregressive twin
 
 
