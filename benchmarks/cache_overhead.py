@@ -30,7 +30,11 @@ def timed(fn) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="HF DiffusionGemma folder (default: bundled)")
+    parser.add_argument(
+        "--model",
+        default="toy4",
+        help="organism or DiffusionGemma folder (default toy4, as docs/benchmarks.md measured)",
+    )
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=None)

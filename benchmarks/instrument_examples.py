@@ -37,7 +37,7 @@ def _r(x, digits=3):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None)
+    parser.add_argument("--model", default="toy4", help="a model speaking toy4's tasks (the prompts are arith and hop)")
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--probe-prompts", type=int, default=240)
     parser.add_argument("--threads", type=int, default=1)

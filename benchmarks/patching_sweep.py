@@ -110,7 +110,9 @@ def checkpoint_id(path=None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="HF DiffusionGemma folder (default: bundled)")
+    parser.add_argument(
+        "--model", default="toy4", help="a model speaking toy4's tasks (default toy4: its prompts are hop pairs)"
+    )
     parser.add_argument("--prompts", type=int, default=4, help="prompt pairs patched together (batch)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64, help="patched runs per forward pass")

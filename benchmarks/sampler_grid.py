@@ -63,7 +63,9 @@ def validation_set(task: str, n: int) -> list:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--model", default=None, help="a bundled organism or a DiffusionGemma folder (default: the default model)"
+        "--model",
+        default="toy4",
+        help="a bundled organism or a DiffusionGemma folder (default toy4, the grid docs/toy4.md shows)",
     )
     parser.add_argument("--n", type=int, default=200, help="validation examples per task")
     parser.add_argument("--threads", type=int, default=2)

@@ -42,14 +42,6 @@ def budget(max_bytes: int | str | None, device: str | torch.device | None) -> in
     return max_bytes
 
 
-def human(nbytes: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if nbytes < 1024 or unit == "TiB":
-            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
-        nbytes /= 1024
-    return f"{nbytes} B"
-
-
 def logits_bytes(batch: int, canvas: int, vocab: int, steps: int, blocks: int, dtype: torch.dtype | None) -> int:
     """Bytes of recorded logits for a run: ``[batch, canvas, vocab]`` per step of every block."""
     element = torch.empty((), dtype=dtype or torch.float32).element_size()

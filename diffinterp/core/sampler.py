@@ -29,8 +29,9 @@ from diffinterp.core.inputs import (
     check_generation_kwargs,
     check_input_ids,
 )
-from diffinterp.core.memory import budget, human, logits_bytes
+from diffinterp.core.memory import budget, logits_bytes
 from diffinterp.records.cache import CacheBudgetError
+from diffinterp.records.cache import human_bytes as human
 from diffinterp.records.trajectory import BlockRecord, BlockRuntime, RngState, StepRecord, Trajectory
 
 

@@ -49,7 +49,7 @@ class DenoisingCache:
     def check_budget(self, nbytes: int, what: str = "this cache") -> None:
         if self.max_bytes is not None and nbytes > self.max_bytes:
             raise CacheBudgetError(
-                f"{what} needs {_human(nbytes)}, over max_bytes={_human(self.max_bytes)} (by default 80% of the "
+                f"{what} needs {human_bytes(nbytes)}, over max_bytes={human_bytes(self.max_bytes)} (by default 80% of the "
                 "free memory where the cache goes): record fewer hooks (names_filter=), "
                 "steps, blocks or positions (steps=, blocks=, positions=), store a smaller dtype (dtype=), "
                 "cache on another device (device=), or set max_bytes (None: no check)"
@@ -188,7 +188,7 @@ class DenoisingCache:
         return result
 
     def __repr__(self) -> str:
-        return f"DenoisingCache({len(self.names)} hooks, {len(self)} entries, {_human(self.nbytes)})"
+        return f"DenoisingCache({len(self.names)} hooks, {len(self)} entries, {human_bytes(self.nbytes)})"
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
@@ -247,10 +247,11 @@ def caching_hooks(cache: DenoisingCache, names: list[str], positions: tuple[int,
     return [(name, save) for name in names]
 
 
-def _human(nbytes: int) -> str:
+def human_bytes(nbytes: float) -> str:
+    """``nbytes`` in B, KiB, MiB, GiB or TiB, one decimal."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if nbytes < 1024 or unit == "TiB":
-            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{nbytes} B"
+            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
         nbytes /= 1024
     return f"{nbytes} B"
 
