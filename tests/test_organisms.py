@@ -289,3 +289,12 @@ def test_a_shipped_organism_scores_its_documented_accuracy_full_and_in_one_pass(
         documented = row[key]["accuracy"]
         got = evaluate_task(hm, task, examples=examples, batch_size=SHIPPED_SAMPLE, **kwargs)["accuracy"]
         assert abs(got - documented) <= _tolerance(documented, SHIPPED_SAMPLE), (name, task, key, got, documented)
+
+
+def test_evaluation_sorts_mixed_case_labels():
+    """Case labels mixing numbers and words in one place ("filter 4" / "filter 4, spacer") sort."""
+    from diffinterp.organisms.evaluate import _case_key
+
+    labels = ["filter 10", "filter 4, spacer", "filter 4", "dedup 2", "filter 9, spacer"]
+    got = [label for label, _ in sorted(((label, None) for label in labels), key=_case_key)]
+    assert got == ["dedup 2", "filter 4", "filter 4, spacer", "filter 9, spacer", "filter 10"]

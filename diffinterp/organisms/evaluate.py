@@ -184,4 +184,6 @@ def evaluate_task(
 
 def _case_key(item) -> tuple:
     """Sort cases by their label with numbers compared as numbers (``"rev 9"`` before ``"rev 10"``)."""
-    return tuple(int(w) if w.isdigit() else w for w in item[0].split())
+    # (0, number) or (1, word): a number and a word in the same place compare without a TypeError
+    words = item[0].replace(",", " ").split()
+    return tuple((0, int(w), "") if w.isdigit() else (1, 0, w) for w in words)
