@@ -1,9 +1,9 @@
 """Task-design probe: is a candidate organism task solved in one pass? (how carry's design was chosen)
 
-    python benchmarks/task_design_probe.py --task addition --layers 4 --steps 3000   # 8-digit a + b
-    python benchmarks/task_design_probe.py --task addition --layers 2 --steps 1500
-    python benchmarks/task_design_probe.py --task multiplication --layers 4 --steps 2500  # 8 digits x one digit
-    python benchmarks/task_design_probe.py --task suffix --layers 4 --steps 3000          # carry's suffix sums
+    python benchmarks/task_design_probe.py --task addition --layers 4 --optimizer-steps 3000   # 8-digit a + b
+    python benchmarks/task_design_probe.py --task addition --layers 2 --optimizer-steps 1500
+    python benchmarks/task_design_probe.py --task multiplication --layers 4 --optimizer-steps 2500  # 8 digits x one digit
+    python benchmarks/task_design_probe.py --task suffix --layers 4 --optimizer-steps 3000          # carry's suffix sums
 
 Trains a small DiffusionGemma (the organisms' text stack, with ``--layers`` layers) on the task with
 the organisms' objective (uniform noise, two-pass self-conditioning), and every 500 steps prints the
@@ -175,7 +175,7 @@ def main():
     parser.add_argument("--task", choices=TASKS, required=True)
     parser.add_argument("--digits", type=int, default=None, help="operand digits (default 8; suffix 10)")
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--optimizer-steps", type=int, default=3000)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -183,7 +183,7 @@ def main():
     n = args.digits or (10 if args.task == "suffix" else 8)
     rng = random.Random(999)
     test = [make(rng, n) for _ in range(200)]
-    train(lambda r: make(r, n), L=n + extra, steps=args.steps, layers=args.layers, test=test, lr=args.lr,
+    train(lambda r: make(r, n), L=n + extra, steps=args.optimizer_steps, layers=args.layers, test=test, lr=args.lr,
           seed=args.seed, threads=1)  # fmt: skip
 
 

@@ -64,8 +64,9 @@ def _figure(results: dict[str, dict]):
             by_step = result["right_by_step"]
             steps = [int(s) for s in by_step if by_step[s]["n"] >= 5]
             values = [by_step[str(s)]["value"] for s in steps]
-            low = [v - by_step[str(s)]["ci_low"] for s, v in zip(steps, values, strict=True)]
-            high = [by_step[str(s)]["ci_high"] - v for s, v in zip(steps, values, strict=True)]
+            # Wilson bounds at 0 or 1 can sit a rounding error past the value: clamp the bars at 0
+            low = [max(0.0, v - by_step[str(s)]["ci_low"]) for s, v in zip(steps, values, strict=True)]
+            high = [max(0.0, by_step[str(s)]["ci_high"] - v) for s, v in zip(steps, values, strict=True)]
             ax.errorbar(steps, values, yerr=[low, high], marker="o", markersize=3, capsize=2,
                         color=OKABE_ITO[i % len(OKABE_ITO)], label=task)  # fmt: skip
         ax.axvline(PAPER_STEP, color="#999999", linestyle=":", linewidth=1, label="paper: accurate by step 2")
