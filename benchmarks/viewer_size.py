@@ -20,7 +20,6 @@ position selected, so the lens and attention panels redraw too).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -32,6 +31,7 @@ import diffinterp as di
 from diffinterp.core.sampler import never_stop_early
 from diffinterp.figures import viewer as vw
 from diffinterp.records.cache import DenoisingCache
+from diffinterp.records.files import write_json_atomic
 from diffinterp.records.trajectory import BlockRecord, StepRecord, Trajectory
 
 PROMPTS = ["arith a=3 b=a+4 ? b", "hop x=5 q=7 m=x k=q t=m ? t"]
@@ -187,10 +187,7 @@ def main() -> None:
     if args.browser:
         report["real_size_in_chromium"] = browser_timings(vw.view_html(big, attention, topk=topk_sc, lens=lens))
         print(f"real size in headless Chromium: {report['real_size_in_chromium']}")
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
-    print(f"wrote {path}")
+    print(f"wrote {write_json_atomic(args.json, report)}")
 
 
 if __name__ == "__main__":

@@ -232,12 +232,9 @@ def run(model=None, *, n: int = 100, out_dir: str | Path = "out/non_chronologica
             for task in tasks or own or (studies.RANDOM_TASK,):
                 key = task if name is None else f"{name}/{task}"
                 result, batches = _study_task(hm, task, n, seed, gen_kwargs)
-                spec = organism_of(hm)  # a given model that is an organism still gets its twin
+                spec = organism_of(hm)  # a given model that is an organism still gets its twin (None: not shipped)
                 if spec is not None and task == "carry":
-                    try:
-                        result["twin"] = twin_accuracy(spec.name, batches[0].prompts, seed)
-                    except (FileNotFoundError, ValueError) as err:  # no twin shipped: say so
-                        result["twin"] = {"unavailable": str(err)}
+                    result["twin"] = twin_accuracy(spec.name, batches[0].prompts, seed)
                 results[key] = result
                 examples.append((key, batches[0], hm))
         out.figure(figures.settle_by_round({k: r["order"] for k, r in results.items()}), "settle_step_by_round")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 
+from diffinterp.organisms.families.toy4 import chain_step
 from diffinterp.organisms.task import Example, Task
 
 MAX_VALUE = 19
@@ -30,19 +31,7 @@ def _chain(rng: random.Random) -> tuple[list[str], list[int]]:
     value = rng.randint(1, 9)
     statements, values = [f"a={value}"], []
     for i in range(1, n_steps + 1):
-        options = []
-        for k in range(1, 10):
-            if value + k <= MAX_VALUE:
-                options.append(("+", k, value + k))
-            if value - k >= 0:
-                options.append(("-", k, value - k))
-            if k >= 2 and value * k <= MAX_VALUE:
-                options.append(("*", k, value * k))
-        by_op: dict[str, list] = {}
-        for op, k, v in options:
-            by_op.setdefault(op, []).append((k, v))
-        op = rng.choice(sorted(by_op))
-        k, value = rng.choice(by_op[op])
+        op, k, value = chain_step(rng, value, MAX_VALUE)
         statements.append(f"{NAMES[i]}={NAMES[i - 1]}{op}{k}")
         values.append(value)
     return statements, values

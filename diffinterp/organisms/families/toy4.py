@@ -40,6 +40,22 @@ TASK_WEIGHTS = {"arith": 0.35, "hop": 0.35, "seq": 0.15, "mon": 0.15}
 ARITH_MAX_VALUE = 19
 
 
+def chain_step(rng: random.Random, value: int, max_value: int) -> tuple[str, int, int]:
+    """One step ``(op, k, new value)`` of an arithmetic chain: an operation drawn uniformly, then an
+    operand 1..9 (2..9 for ``*``) keeping the value in 0..``max_value``."""
+    by_op: dict[str, list[tuple[int, int]]] = {}
+    for k in range(1, 10):
+        if value + k <= max_value:
+            by_op.setdefault("+", []).append((k, value + k))
+        if value - k >= 0:
+            by_op.setdefault("-", []).append((k, value - k))
+        if k >= 2 and value * k <= max_value:
+            by_op.setdefault("*", []).append((k, value * k))
+    op = rng.choice(sorted(by_op))
+    k, new = rng.choice(by_op[op])
+    return op, k, new
+
+
 def _arith(rng: random.Random) -> tuple[str, str]:
     names = "abcd"
     n_steps = rng.choice((2, 3))
@@ -47,19 +63,7 @@ def _arith(rng: random.Random) -> tuple[str, str]:
     prompt = [f"a={value}"]
     scratch = []
     for i in range(1, n_steps + 1):
-        options = []
-        for k in range(1, 10):
-            if value + k <= ARITH_MAX_VALUE:
-                options.append(("+", k, value + k))
-            if value - k >= 0:
-                options.append(("-", k, value - k))
-            if k >= 2 and value * k <= ARITH_MAX_VALUE:
-                options.append(("*", k, value * k))
-        by_op = {}
-        for op, k, v in options:
-            by_op.setdefault(op, []).append((k, v))
-        op = rng.choice(sorted(by_op))
-        k, value = rng.choice(by_op[op])
+        op, k, value = chain_step(rng, value, ARITH_MAX_VALUE)
         prompt.append(f"{names[i]}={names[i - 1]}{op}{k}")
         scratch.append(f"{names[i]}={value}")
     last = names[n_steps]
