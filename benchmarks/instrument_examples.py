@@ -35,6 +35,17 @@ def _r(x, digits=3):
     return round(float(x), digits)
 
 
+def attention_example(out: Path) -> None:
+    """The quickstart's attention figure: carry, one prompt, step 2, layer 1 (a full-attention layer)."""
+    carry = di.load_model("carry")
+    ids, mask = carry.to_tokens(["carry 1 9 9 8 7 7 2 5 1 3"])
+    torch.manual_seed(0)
+    traj, cache = carry.run_with_cache(ids, "decoder.blocks.1.attn.hook_pattern", attention_mask=mask)
+    save_figure(
+        ip.attention_pattern(cache, traj, step=2, layer=1, tokenizer=carry.tokenizer), out / "attention_pattern"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="toy4", help="a model speaking toy4's tasks (the prompts are arith and hop)")
@@ -43,10 +54,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--adaptive", action="store_true", help="keep adaptive stopping (default: all steps run)")
     parser.add_argument("--out", default="docs/figures/instruments")
+    parser.add_argument(
+        "--only", choices=["all", "attention"], default="all",
+        help="attention: only the attention-pattern figure (on carry), not the toy4 examples",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    attention_example(out)
+    if args.only == "attention":
+        return
     numbers: dict = {"model": str(args.model or bundled_model_path()), "command": "python " + " ".join(sys.argv)}
     numbers["weights_sha256"] = checkpoint_id(args.model)
     numbers["trained"] = bool(checkpoint_metadata(args.model).get("trained", True))

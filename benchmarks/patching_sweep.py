@@ -125,9 +125,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     hm = di.load_model(args.model)
-    settings = {} if args.adaptive else full_schedule(hm)
+    # --adaptive keeps each run's own stopping (align_steps=False) and sweeps the steps both took
+    settings = {"align_steps": False} if args.adaptive else full_schedule(hm)
     clean, cache, corrupt, _, metric, _ = setup(hm, args.prompts, **settings)
-    n_steps, n_layers = corrupt.block(0).n_steps, hm.text_config.num_hidden_layers
+    n_steps = min(clean.block(0).n_steps, corrupt.block(0).n_steps)
+    n_layers = hm.text_config.num_hidden_layers
 
     times: dict[str, list[float]] = {"loop": [], "batched": []}
     results = {}
@@ -135,7 +137,7 @@ def main() -> None:
         for name, batched in (("loop", False), ("batched", True)):
             start = time.perf_counter()
             results[name] = pt.step_layer_sweep(
-                hm, clean, corrupt, cache, metric, batched=batched, batch_size=args.batch_size
+                hm, clean, corrupt, cache, metric, steps=range(n_steps), batched=batched, batch_size=args.batch_size
             )
             times[name].append(time.perf_counter() - start)
     loop, batched = statistics.median(times["loop"]), statistics.median(times["batched"])

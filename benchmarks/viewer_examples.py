@@ -1,13 +1,14 @@
-"""The viewer pages and the screenshot the docs show, on the bundled ``toy4`` model: ``docs/figures/viewer/``.
+"""The viewer pages and the screenshot the docs show: ``docs/figures/viewer/``.
 
     python benchmarks/viewer_examples.py [--out docs/figures/viewer] [--no-screenshot]
 
-- ``example.html``, ``canvas_evolution.png``: the run of the Python example in docs/viewer.md (a hop and
-  an arith prompt against corrupted twins, 8 steps, step x position patching at layer 2);
+- ``example.html``, ``canvas_evolution.png``: the run of the Python example in docs/viewer.md (the
+  default organism, carry: two prompts against twins whose last digit differs, 8 steps, step x position
+  patching at layer 2);
 - ``viewer.png``: a screenshot of ``example.html`` in headless Chromium (Debian's ``chromium``, driven by
-  Playwright): the arith prompt at step 1, a position selected (lens, attention) and a token hovered (top-k,
+  Playwright): the first prompt at step 1, a position selected (lens, attention) and a token hovered (top-k,
   self-conditioning);
-- ``arith.html``: the run behind docs/instruments.md's canvas-evolution, logit-lens and commit-order
+- ``arith.html`` (toy4): the run behind docs/instruments.md's canvas-evolution, logit-lens and commit-order
   figures (its four arith prompts, all 32 steps, seed 0), with attention cached as well; the script
   checks that it is that run (the settle steps in ``docs/figures/instruments/numbers.json``).
 """
@@ -30,8 +31,8 @@ from diffinterp.instruments import lens as lz
 from diffinterp.records.files import save_figure
 
 NAMES = ["decoder.blocks.*.hook_resid_post", "decoder.blocks.*.attn.hook_pattern"]
-CLEAN = ["hop x=5 q=7 m=x k=q t=m ? t", "arith a=3 b=a+4 ? b"]
-CORRUPT = ["hop x=3 q=7 m=x k=q t=m ? t", "arith a=5 b=a+4 ? b"]
+CLEAN = ["carry 1 9 9 8 7 7 2 5 1 3", "carry 4 0 2 8 1 1 5 6 2 0"]
+CORRUPT = ["carry 1 9 9 8 7 7 2 5 1 4", "carry 4 0 2 8 1 1 5 6 2 9"]
 # docs/instruments.md section 1 (benchmarks/instrument_examples.py): the first four held-out arith prompts
 # with a c= step in the answer.
 ARITH = [
@@ -44,7 +45,7 @@ ARITH = [
 
 def example(hm, out: Path) -> Path:
     """docs/viewer.md's Python example, written to ``out``."""
-    clean, cache, corrupt, _ = pt.coupled_runs(hm, CLEAN, CORRUPT, NAMES, max_denoising_steps=8, stability_threshold=8)
+    clean, cache, corrupt, _ = pt.coupled_runs(hm, CLEAN, CORRUPT, NAMES, max_denoising_steps=8)
     _, clean_out = pt.final_outputs(hm, clean)
     _, corrupt_out = pt.final_outputs(hm, corrupt)
     metric = pt.LogitDiff(clean_out, corrupt_out)
@@ -54,7 +55,12 @@ def example(hm, out: Path) -> Path:
     save_figure(canvas_evolution(clean, tokenizer=hm.tokenizer), out / "canvas_evolution")
     (out / "canvas_evolution.svg").unlink()  # the docs show the PNG
     return write_view(
-        out / "example.html", clean, cache, hm=hm, patching=[sweep], title="diffinterp view: hop vs arith"
+        out / "example.html",
+        clean,
+        cache,
+        hm=hm,
+        patching=[sweep],
+        title="diffinterp view: carry, clean vs last digit changed",
     )
 
 
@@ -83,7 +89,7 @@ def screenshot(page: Path, png: Path) -> None:
         browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
         tab = browser.new_page(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
         tab.goto(page.resolve().as_uri())
-        tab.select_option("#row", "1")  # the arith prompt
+        tab.select_option("#row", "0")  # the first prompt
         tab.locator("#step").fill("1")
         tab.locator('#canvas .tok[data-pos="2"]').click()
         tab.locator('#canvas .tok[data-pos="9"]').hover()
@@ -102,8 +108,7 @@ def main() -> None:
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    hm = di.load_model("toy4")  # the docs' arith / hop prompts are its tasks
-    written = [example(hm, out), arith(hm, out, Path(args.numbers))]
+    written = [example(di.load_model(), out), arith(di.load_model("toy4"), out, Path(args.numbers))]
     if not args.no_screenshot:
         screenshot(written[0], out / "viewer.png")
         written.append(out / "viewer.png")

@@ -31,6 +31,8 @@ _EXPORTS = {
     "BlockRecord": "diffinterp.records.trajectory",
     "StepRecord": "diffinterp.records.trajectory",
     "Trajectory": "diffinterp.records.trajectory",
+    "active_mean": "diffinterp.records.trajectory",
+    "attention_keys": "diffinterp.records.decoding",
 }
 _SUBMODULES = {
     "depth": "diffinterp.depth",
@@ -55,7 +57,8 @@ if TYPE_CHECKING:  # static tools see the eager imports
     from diffinterp.instruments import lens, patching, probes
     from diffinterp.organisms.twin import load_ar_baseline
     from diffinterp.records.cache import CacheBudgetError, DenoisingCache
-    from diffinterp.records.trajectory import BlockRecord, StepRecord, Trajectory
+    from diffinterp.records.decoding import attention_keys
+    from diffinterp.records.trajectory import BlockRecord, StepRecord, Trajectory, active_mean
 
 
 def __getattr__(name: str):
@@ -84,6 +87,8 @@ __all__ = [
     "HookedDiffusionGemma",
     "StepRecord",
     "Trajectory",
+    "active_mean",
+    "attention_keys",
     "depth",
     "lens",
     "load_ar_baseline",

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_prompts
 from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
 
 import diffinterp as di
+from conftest import make_prompts
 from diffinterp.core.replay import self_conditioning_inputs
 from diffinterp.figures import instruments as ip
 from diffinterp.instruments import lens as lz
@@ -35,7 +35,9 @@ def gen_kwargs(canvas: int, blocks: int = 1, steps: int = 8, stability: int = 1,
     )
 
 
-def coupled(hm, blocks: int = 1, steps: int = 8, names=None, seeds=(0, 1), bottleneck="continuous", **settings):
+def coupled(
+    hm, blocks: int = 1, steps: int = 8, names=None, seeds=(0, 1), bottleneck="continuous", align_steps=True, **settings
+):
     config = hm.model.config
     vocab = config.text_config.vocab_size
     ids, mask = make_prompts(vocab, 2, seeds[0])
@@ -47,6 +49,7 @@ def coupled(hm, blocks: int = 1, steps: int = 8, names=None, seeds=(0, 1), bottl
         names,
         attention_mask=mask,
         bottleneck=bottleneck,
+        align_steps=align_steps,
         **gen_kwargs(config.canvas_length, blocks, steps, **settings),
     )
 
@@ -439,3 +442,33 @@ def test_target_lens_equals_the_full_logit_lens_reduced():
     assert torch.equal(lz.first_prediction(reduced, final).step, lz.first_prediction(full, final).step)
     with pytest.raises(ValueError, match=r"\[batch, pos\]"):
         lz.target_lens(hm, cache, final[:2])
+
+
+def test_coupled_runs_align_step_counts_by_continuing_both_runs(small):
+    """Under adaptive stopping two runs may stop apart; coupled_runs then continues both to the full
+    budget, whose first steps are the runs as first generated, and a sweep refuses misaligned runs."""
+    _, hm = small
+    found = None
+    for seed in range(12):  # a prompt pair whose corrupted run takes more steps than the clean one
+        runs = coupled(hm, seeds=(2 * seed, 2 * seed + 1), stability=0, confidence=0.5, align_steps=False)
+        if runs[2].block(0).n_steps > runs[0].block(0).n_steps:
+            found = seed, runs
+            break
+    assert found is not None, "no misaligned pair among 12 seeds: the test needs one"
+    seed, (clean, clean_cache, corrupt, _) = found
+    aligned = coupled(hm, seeds=(2 * seed, 2 * seed + 1), stability=0, confidence=0.5)
+    assert pt.steps_aligned(aligned[0], aligned[2])
+    assert aligned[0].generation["stability_threshold"] == 9  # adaptive stopping off, 8 steps
+    for first, continued in ((clean, aligned[0]), (corrupt, aligned[2])):
+        for s, step in enumerate(first.block(0).steps):  # each row's steps while it was denoising
+            rows = step.active
+            assert torch.equal(step.argmax[rows], continued.block(0).steps[s].argmax[rows])
+    _, out_c = pt.final_outputs(hm, clean)
+    _, out_k = pt.final_outputs(hm, corrupt)
+    metric = pt.LogitDiff(out_c, out_k)
+    assert not pt.steps_aligned(clean, corrupt)
+    with pytest.raises(ValueError, match="coupled_runs"):
+        pt.step_layer_sweep(hm, clean, corrupt, clean_cache, metric)
+    with pytest.raises(ValueError, match="coupled_runs"):
+        pt.attribution_patching(hm, clean_cache, corrupt, metric)
+    pt.step_layer_sweep(hm, aligned[0], aligned[2], aligned[1], metric, layers=[0])  # aligned: every step

@@ -175,3 +175,42 @@ def test_an_external_study_runs_through_the_cli_with_the_shared_flags(tmp_path):
     share = [float(accepted[s][active[s]].float().mean()) if active[s].any() else None for s in range(len(active))]
     assert seq["accepted_share_by_step"] == pytest.approx(share)
     assert seq["steps_per_canvas"]["value"] == pytest.approx(float(active.sum(0).float().mean()))
+
+
+def _names_the_studies_use() -> dict[str, set[str]]:
+    """Every diffinterp name the built-in studies reach (``from m import x`` and ``alias.x``), by study."""
+    import ast
+    import importlib
+
+    used: dict[str, set[str]] = {}
+    for path in sorted((REPO / "case_studies").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        modules: dict[str, str] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("diffinterp"):
+                for alias in node.names:
+                    try:
+                        importlib.import_module(f"{node.module}.{alias.name}")
+                        modules[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+                    except ImportError:
+                        used.setdefault(alias.name, set()).add(path.stem)
+            elif isinstance(node, ast.Import):
+                modules.update({a.asname or a.name: a.name for a in node.names if a.name.startswith("diffinterp")})
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules:
+                if not modules[node.value.id] == "diffinterp":  # di.load_model and friends: the public API
+                    used.setdefault(node.attr, set()).add(path.stem)
+    return used
+
+
+def test_every_helper_the_studies_use_is_public_and_documented():
+    """docs/writing-a-case-study.md lists every helper the built-in studies use; none is private."""
+    doc = (REPO / "docs" / "writing-a-case-study.md").read_text()
+    used = _names_the_studies_use()
+    assert len(used) > 50  # the scan found the studies' imports
+    private = sorted(name for name in used if name.startswith("_"))
+    assert not private, f"the studies use private helpers: {private}"
+    undocumented = sorted(
+        name for name in used if f"`{name}" not in doc and not (name.startswith("PAPER_") and "`PAPER_*`" in doc)
+    )
+    assert not undocumented, f"used by the studies but not in the helper table: {undocumented}"

@@ -30,6 +30,7 @@ from transformer_lens.HookedRootModule import HookedRootModule
 from transformers import DiffusionGemmaForBlockDiffusion
 
 from diffinterp.core import hook_points as hp
+from diffinterp.core import resid
 from diffinterp.core.hook_shapes import hook_shape
 from diffinterp.core.inputs import as_dtype, check_positions
 from diffinterp.core.memory import budget
@@ -374,6 +375,57 @@ class HookedDiffusionGemma(HookedRootModule):
         encoded = self.tokenizer(list(prompts), return_tensors="pt", padding=True)
         device = self.model.device
         return encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+
+    def to_str_tokens(self, text) -> list[str] | list[list[str]]:
+        """Token strings (TransformerLens's ``to_str_tokens``): of a prompt string (as ``to_tokens``
+        tokenises it, without padding), of a 1-D id tensor or list, or per row of a 2-D id tensor."""
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer: token ids have no strings")
+        if isinstance(text, str):
+            return self.tokenizer.convert_ids_to_tokens(self.tokenizer(text)["input_ids"])
+        ids = torch.as_tensor(text)
+        if ids.dim() == 2:
+            return [self.tokenizer.convert_ids_to_tokens(row.tolist()) for row in ids]
+        if ids.dim() != 1 or ids.is_floating_point():
+            raise ValueError(
+                f"to_str_tokens takes a string or integer ids of 1 or 2 dims; got {list(ids.shape)} {ids.dtype}"
+            )
+        return self.tokenizer.convert_ids_to_tokens(ids.tolist())
+
+    def to_string(self, ids, *, skip_special_tokens: bool = False) -> str | list[str]:
+        """Ids back to text (TransformerLens's ``to_string``): a string for 1-D ids, one per row for
+        2-D. Special tokens (``<eos>``, ``<pad>``) are kept unless ``skip_special_tokens``."""
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer: token ids have no strings")
+        ids = torch.as_tensor(ids)
+        if ids.dim() == 2:
+            return [self.tokenizer.decode(row.tolist(), skip_special_tokens=skip_special_tokens) for row in ids]
+        return self.tokenizer.decode(ids.tolist(), skip_special_tokens=skip_special_tokens)
+
+    # ------------------------------------------------ the residual stream, taken apart (core/resid.py)
+    def accumulated_resid(self, cache: DenoisingCache, step: int, block: int = 0, layer: int | None = None, **kwargs):
+        """The residual entering each layer at one step: ``[layer + 1, batch, pos, d_model]``
+        (:func:`diffinterp.core.resid.accumulated_resid`: ``incl_mid``, ``apply_ln``, ``positions``,
+        ``return_labels``)."""
+        return resid.accumulated_resid(self.model, cache, step, block, layer, **kwargs)
+
+    def decompose_resid(self, cache: DenoisingCache, step: int, block: int = 0, layer: int | None = None, **kwargs):
+        """The residual as the sum of what wrote it (sc_out, each layer's attn_out and ffn_out)
+        (:func:`diffinterp.core.resid.decompose_resid`)."""
+        return resid.decompose_resid(self.model, cache, step, block, layer, **kwargs)
+
+    def stack_head_results(self, cache: DenoisingCache, step: int, block: int = 0, layer: int | None = None, **kwargs):
+        """Every head's contribution to the residual, ``[layers * heads, batch, pos, d_model]``
+        (:func:`diffinterp.core.resid.stack_head_results`)."""
+        return resid.stack_head_results(self.model, cache, step, block, layer, **kwargs)
+
+    def head_results(self, cache: DenoisingCache, step: int, layer: int, block: int = 0, *, residual: bool = True):
+        """One layer's heads, ``[batch, pos, heads, d_model]`` (:func:`diffinterp.core.resid.head_results`)."""
+        return resid.head_results(self.model, cache, step, layer, block, residual=residual)
+
+    def apply_ln_to_stack(self, stack: torch.Tensor, cache: DenoisingCache, step: int, block: int = 0, positions=None):
+        """Scale a residual stack as the final norm scales the residual (:func:`diffinterp.core.resid.apply_ln_to_stack`)."""
+        return resid.apply_ln_to_stack(self.model, stack, cache, step, block, positions)
 
     def generate(self, input_ids, **kwargs):
         """Run the instrumented sampler; a :class:`~diffinterp.records.trajectory.Trajectory`.

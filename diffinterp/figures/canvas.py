@@ -7,9 +7,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from diffinterp.figures.style import SEQUENTIAL_CMAP, STYLE  # noqa: E402
+from diffinterp.figures.style import SEQUENTIAL_CMAP, STYLE, integer_ticks  # noqa: E402
 from diffinterp.records.decoding import token_labels  # noqa: E402
 from diffinterp.records.trajectory import Trajectory  # noqa: E402
+
+
+def _fontsize(label: str) -> float:
+    """Small enough that a whole token fits its cell (cells are about 0.55 inch wide)."""
+    return 6 if len(label) <= 5 else max(3.5, 6 * 5 / len(label))
 
 
 def canvas_evolution(trajectory: Trajectory, block: int = 0, row: int = 0, tokenizer=None, field: str = "argmax"):
@@ -30,7 +35,16 @@ def canvas_evolution(trajectory: Trajectory, block: int = 0, row: int = 0, token
             for pos in range(n_pos):
                 colour = "black" if entropy[step, pos] > 0.6 * max(entropy.max(), 1e-9) else "white"
                 weight = "bold" if accepted[step, pos] else "normal"
-                ax.text(pos, step, labels[pos][:6], ha="center", va="center", fontsize=6, color=colour, weight=weight)
+                ax.text(
+                    pos,
+                    step,
+                    labels[pos],
+                    ha="center",
+                    va="center",
+                    fontsize=_fontsize(labels[pos]),
+                    color=colour,
+                    weight=weight,
+                )
         ax.set_xlabel("canvas position")
         ax.set_ylabel("denoising step")
         ax.set_xticks(range(n_pos))
@@ -50,6 +64,7 @@ def entropy_heatmap(trajectory: Trajectory, block: int = 0, row: int = 0):
         image = ax.imshow(entropy, cmap=SEQUENTIAL_CMAP, aspect="auto", vmin=0)
         ax.set_xlabel("canvas position")
         ax.set_ylabel("denoising step")
+        integer_ticks(ax, x=True, y=True)
         ax.set_title(f"Entropy per position and step, block {block}, row {row}")
         fig.colorbar(image, ax=ax, label="entropy (nats)", fraction=0.03)
     return fig

@@ -17,10 +17,18 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 
-from diffinterp.figures.style import DIVERGING_CMAP, OKABE_ITO, SEQUENTIAL_CMAP, STYLE  # noqa: E402
+from diffinterp.figures.style import (  # noqa: E402
+    DIVERGING_CMAP,
+    OKABE_ITO,
+    SEQUENTIAL_CMAP,
+    STYLE,
+    drawn_legend,
+    integer_ticks,
+    wrap_label,
+)
 from diffinterp.instruments.lens import settle_steps
 from diffinterp.instruments.patching import correlation
-from diffinterp.records.decoding import token_labels  # noqa: E402
+from diffinterp.records.decoding import attention_keys, token_labels  # noqa: E402
 
 
 def _diverging_norm(values: np.ndarray) -> TwoSlopeNorm:
@@ -66,6 +74,7 @@ def logit_lens_grid(lens, targets: torch.Tensor, *, row: int = 0, positions=None
             ax.set_title(f"pos {pos}: {labels[pos]}", fontsize=8)
             ax.set_xticks(range(len(lens.layers)))
             ax.set_xticklabels(lens.layers, fontsize=6)
+            integer_ticks(ax, y=True)
             if index % cols == 0:
                 ax.set_ylabel("step")
             if index // cols == rows - 1:
@@ -98,7 +107,7 @@ def patching_heatmap(result, *, normalised: bool = True, row: int | None = None,
         else:
             image = ax.imshow(values, cmap=DIVERGING_CMAP, norm=_diverging_norm(values), aspect="auto")
         ax.set_xticks(range(len(x_labels)))
-        ax.set_xticklabels(x_labels, rotation=90 if x_name == "channel" else 0)
+        ax.set_xticklabels([wrap_label(x) for x in x_labels] if x_name == "channel" else x_labels)
         ax.set_yticks(range(len(y_labels)))
         ax.set_yticklabels(y_labels)
         ax.set_xlabel(x_name)
@@ -121,10 +130,11 @@ def path_patching_plot(result, *, normalised: bool = True, title: str | None = N
             ax.plot(steps, values[index], marker=markers[index % len(markers)], markersize=3.5,
                     color=OKABE_ITO[index % len(OKABE_ITO)], label=channel.replace("_", " "), linewidth=1.4)  # fmt: skip
         ax.axhline(0, color="black", linewidth=0.6)
+        integer_ticks(ax, x=True)
         ax.set_xlabel("step boundary s → s+1")
         ax.set_ylabel("fraction of gap restored" if normalised else result.metric)
         ax.set_title(title or f"Path patching through step inputs ({result.mode}), block {result.block}")
-        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        drawn_legend(ax, fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
@@ -148,10 +158,11 @@ def commit_order(trajectory, *, block: int = 0, row: int = 0, tokenizer=None, fi
             lens_step = first.step[row].cpu().numpy()
             ax.scatter(range(n_pos), np.where(lens_step >= 0, lens_step, np.nan), color=OKABE_ITO[4], zorder=4,
                        marker="D", s=14, label="lens first predicts it")  # fmt: skip
-        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        drawn_legend(ax, fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.set_ylim(-0.5, n_steps - 0.5)
         ax.set_xticks(range(n_pos))
-        ax.set_xticklabels([f"{p}\n{lab[:5]}" for p, lab in enumerate(labels)], fontsize=6)
+        ax.set_xticklabels([f"{p}\n{lab}" for p, lab in enumerate(labels)], fontsize=6)
+        integer_ticks(ax, y=True)
         ax.set_xlabel("canvas position (final token)")
         ax.set_ylabel("step")
         ax.set_title(f"Commit order, block {block}, row {row} ({n_steps} steps)")
@@ -213,3 +224,59 @@ __all__ = [
     "path_patching_plot",
     "probe_heatmap",
 ]
+
+
+def attention_pattern(
+    cache, trajectory, *, step: int, layer: int, heads=None, block: int = 0, row: int = 0, tokenizer=None
+):
+    """The decoder's attention at one (step, layer): one query x key panel per head.
+
+    Rows are canvas positions (queries, labelled with the step's input token); columns are keys in
+    the model's order: the cached prefix, then the canvas (:func:`~diffinterp.records.decoding.attention_keys`;
+    a sliding-window layer shows only the last ``sliding_window - 1`` prefix tokens). Needs
+    ``decoder.blocks.{layer}.attn.hook_pattern`` cached at ``step``; ``heads``: which (default all).
+    """
+    name = f"decoder.blocks.{layer}.attn.hook_pattern"
+    pattern = cache.get(name, step, block)[row].float().cpu().numpy()  # [heads, query, key]
+    n_heads, n_query, n_keys = pattern.shape
+    heads = list(range(n_heads)) if heads is None else list(heads)
+    bad = [h for h in heads if not 0 <= h < n_heads]
+    if bad:
+        raise IndexError(f"head {bad[0]} out of range: layer {layer} has heads 0..{n_heads - 1}")
+    keys = attention_keys(trajectory, block, step, n_keys, row)
+    key_labels = [f"{'p' if kind == 'prefix' else 'c'}{pos} {label}" for (kind, pos, _), label in
+                  zip(keys, token_labels([t for *_, t in keys], tokenizer), strict=True)]  # fmt: skip
+    queries = list(cache.positions) if cache.positions is not None else list(range(n_query))
+    canvas_in = trajectory.step(block, step).canvas_in[row].tolist()
+    query_labels = [
+        f"{q} {label}"
+        for q, label in zip(queries, token_labels([canvas_in[q] for q in queries], tokenizer), strict=True)
+    ]
+    n_prefix = sum(kind == "prefix" for kind, _, _ in keys)
+    cols = min(2, len(heads))  # two panels a row keep every key label readable
+    rows = int(np.ceil(len(heads) / cols))
+    cell = 0.16
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(
+            rows, cols, figsize=(cols * (cell * n_keys + 1.3) + 0.8, rows * (cell * n_query + 1.4) + 0.5),
+            squeeze=False, layout="constrained",
+        )  # fmt: skip
+        image = None
+        for index, ax in enumerate(axes.flat):
+            if index >= len(heads):
+                ax.axis("off")
+                continue
+            image = ax.imshow(pattern[heads[index]], cmap=SEQUENTIAL_CMAP, vmin=0, vmax=1, aspect="auto")
+            ax.axvline(n_prefix - 0.5, color="white", linewidth=0.8)  # prefix | canvas
+            ax.set_title(f"head {heads[index]}", fontsize=8)
+            ax.set_xticks(range(n_keys))
+            ax.set_xticklabels(key_labels, rotation=90, fontsize=6)
+            ax.set_yticks(range(n_query))
+            ax.set_yticklabels(query_labels if index % cols == 0 else [], fontsize=6)
+            if index // cols == rows - 1:
+                ax.set_xlabel("key (p = prefix, c = canvas)")
+            if index % cols == 0:
+                ax.set_ylabel("query (canvas position)")
+        fig.suptitle(f"Attention, step {step}, layer {layer}, block {block}, row {row}", fontsize=10)
+        fig.colorbar(image, ax=axes, label="attention probability", fraction=0.025)
+    return fig

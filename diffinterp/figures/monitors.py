@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from diffinterp.figures.style import OKABE_ITO, STYLE  # noqa: E402
+from diffinterp.figures.style import OKABE_ITO, STYLE, drawn_legend, integer_ticks, wrap_label  # noqa: E402
 
 
 def _colours(k: int) -> list[str]:
@@ -42,11 +42,13 @@ def auroc_bars(results: dict[str, dict[str, dict]], title: str = "Monitor AUROC 
             )
         ax.axhline(0.5, color="black", linewidth=0.8, linestyle=":", label="chance")
         ax.set_xticks(range(len(monitors)))
-        ax.set_xticklabels(monitors, rotation=25, ha="right")
+        ax.set_xticklabels([wrap_label(m, 12) for m in monitors], fontsize=7)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("AUROC")
         ax.set_title(title)
-        ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=len(sources) + 1)
+        drawn_legend(
+            ax, fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=len(sources) + 1
+        )
     return fig
 
 
@@ -80,10 +82,11 @@ def auroc_per_step(per_step: dict[str, list[dict]], finals: dict[str, dict] | No
                 ax.axhline(final, color=colour, linestyle="--", linewidth=0.8)
         ax.axhline(0.5, color="black", linewidth=0.8, linestyle=":")
         ax.set_ylim(0, 1.05)
+        integer_ticks(ax, x=True)
         ax.set_xlabel("denoising step of the draft (0 = first draft from noise)")
         ax.set_ylabel("AUROC")
         ax.set_title("Hidden property in the argmax drafts (dashed: final canvas)")
-        ax.legend(fontsize=7, frameon=False)
+        drawn_legend(ax, fontsize=7, frameon=False)
     return fig
 
 
@@ -101,7 +104,7 @@ def roc_figure(curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]):
         ax.set_xlabel("false-positive rate")
         ax.set_ylabel("true-positive rate")
         ax.set_title("ROC curves of the monitors")
-        ax.legend(fontsize=6, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+        drawn_legend(ax, fontsize=6, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     return fig
 
 

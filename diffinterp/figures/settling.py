@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from diffinterp.figures.style import OKABE_ITO, SEQUENTIAL_CMAP, STYLE  # noqa: E402
+from diffinterp.figures.style import OKABE_ITO, SEQUENTIAL_CMAP, STYLE, drawn_legend, integer_ticks  # noqa: E402
 from diffinterp.records.decoding import token_labels  # noqa: E402
 
 
@@ -43,10 +43,11 @@ def settle_by_round(results: dict[str, dict], title: str | None = None):
                             capsize=2, color=OKABE_ITO[i % len(OKABE_ITO)], label=f"{task} ({kind})")  # fmt: skip
                 drawn += 1
         if drawn:
-            ax.legend(fontsize=7, frameon=False)
+            drawn_legend(ax, fontsize=7, frameon=False)
             ax.xaxis.get_major_locator().set_params(integer=True)
         else:
             ax.text(0.5, 0.5, "no ground-truth rounds", transform=ax.transAxes, ha="center", color="#666666")
+        integer_ticks(ax, x=True, y=True)
         ax.set_xlabel("ground-truth round (dependency depth)")
         ax.set_ylabel("settle step")
         ax.set_title(title or "Settle step by dependency round (95% CI)", fontsize=9)
@@ -76,7 +77,7 @@ def agreement_bars(results: dict[str, dict], title: str | None = None):
         ax.set_xticklabels(tasks)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("pairs in that order")
-        ax.legend(fontsize=7, frameon=False, ncols=2, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+        drawn_legend(ax, fontsize=7, frameon=False, ncols=2, loc="upper center", bbox_to_anchor=(0.5, -0.12))
         ax.set_title(title or "Which order does the canvas settle in? (0.5 = chance)", fontsize=9)
     return fig
 

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from diffinterp.figures.style import SEQUENTIAL_CMAP, STYLE  # noqa: E402
+from diffinterp.figures.style import SEQUENTIAL_CMAP, STYLE, drawn_legend  # noqa: E402
 from diffinterp.records.decoding import token_labels  # noqa: E402
 
 #: Okabe-Ito, in the order the smearing figures have always used
@@ -27,9 +27,7 @@ def _err(values: list[dict]) -> list[list[float]]:
 
 def _legend_or_note(ax, note: str, **kwargs) -> None:
     """A legend, or ``note`` in the middle of an empty plot (so an empty figure says why)."""
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, frameon=False, **kwargs)
-    else:
+    if drawn_legend(ax, fontsize=7, frameon=False, **kwargs) is None:
         ax.text(0.5, 0.5, note, transform=ax.transAxes, ha="center", va="center", color="#666666")
 
 
@@ -51,7 +49,7 @@ def rate_bars(rates: dict[str, dict[str, dict]], title: str = "Samples with at l
         ax.set_ylabel("fraction (95% CI)")
         ax.set_title(title)
         legend = dict(fontsize=7, frameon=False, ncol=min(5, max(1, len(kinds))), loc="upper center")
-        ax.legend(bbox_to_anchor=(0.5, -0.1), **legend)
+        drawn_legend(ax, bbox_to_anchor=(0.5, -0.1), **legend)
     return fig
 
 
@@ -109,7 +107,7 @@ def shift_histogram(shifts: dict[str, list[int]], max_shift: int = 3):
         ax.set_ylabel("sequence-smear events")
         ax.set_title("Shifts of sequence smears" + ("" if sum(bottom) else " (none found)"))
         if shifts:
-            ax.legend(fontsize=7, frameon=False)
+            drawn_legend(ax, fontsize=7, frameon=False)
     return fig
 
 
@@ -152,7 +150,15 @@ def smear_evolution(trajectory, row: int, block: int = 0, tokenizer=None, events
         for s in range(n_rows):
             for pos, label in enumerate(token_labels(tokens[s], tokenizer)):
                 colour = "black" if entropy[s, pos] > 0.6 * top else "white"
-                ax.text(pos, s, label[:6], ha="center", va="center", fontsize=6, color=colour)
+                ax.text(
+                    pos,
+                    s,
+                    label,
+                    ha="center",
+                    va="center",
+                    fontsize=6 if len(label) <= 5 else max(3.5, 30 / len(label)),
+                    color=colour,
+                )
         for event in events:
             if event.row == row and event.block == block and event.step < n_steps:
                 for pos in event.positions:

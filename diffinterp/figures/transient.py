@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from diffinterp.figures.canvas import canvas_evolution
-from diffinterp.figures.style import OKABE_ITO, STYLE  # noqa: E402
+from diffinterp.figures.style import OKABE_ITO, STYLE, drawn_legend, integer_ticks, wrap_label  # noqa: E402
 from diffinterp.phenomena.transient import KINDS, TransientToken  # noqa: E402
 from diffinterp.records.decoding import token_labels  # noqa: E402
 from diffinterp.records.trajectory import Trajectory  # noqa: E402
@@ -30,11 +30,12 @@ def rate_per_step_plot(rates: dict[str, dict[str, list[float | None]]]):
                 values = by_kind.get(kind, [])
                 steps = [s for s, v in enumerate(values) if v is not None]
                 ax.plot(steps, [values[s] for s in steps], marker="o", ms=3, color=OKABE_ITO[i % 8], label=task)
+            integer_ticks(ax, x=True)
             ax.set_xlabel("denoising step")
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.set_title({"canvas": "accepted canvas (embedding + SC)", "argmax": "argmax only (SC)"}[kind])
         axes[0].set_ylabel("transient tokens per active row")
-        axes[-1].legend(fontsize=7, frameon=False)
+        drawn_legend(axes[-1], fontsize=7, frameon=False)
     return fig
 
 
@@ -58,11 +59,12 @@ def canvas_example_plot(trajectory: Trajectory, tokens: Sequence[TransientToken]
             colour = KIND_COLOURS[t.kind]
             ax.add_patch(Rectangle((t.pos - 0.5, step - 0.5), 1, 1, fill=False, lw=2.2, edgecolor=colour))
             if not in_argmax:  # accepted in the canvas but not the argmax: show the canvas token
-                label = token_labels([t.token], tokenizer)[0][:4]
+                label = token_labels([t.token], tokenizer)[0]
                 ax.text(t.pos, step + 0.36, f"c:{label}", ha="center", fontsize=5, color=colour, weight="bold")
     ax.set_ylim(n_active - 0.5, -0.5)  # steps after the row stopped only repeat its final canvas
     fig.set_size_inches(fig.get_size_inches()[0], max(2.5, 0.4 * n_active + 1.6))
-    ax.legend(
+    drawn_legend(
+        ax,
         handles=[Patch(fill=False, edgecolor=KIND_COLOURS[k], label=f"transient ({k})") for k in KINDS],
         fontsize=7,
         frameon=False,
@@ -98,13 +100,12 @@ def dependence_plot(results: dict[str, dict[str, dict]], ylabel: str):
                 counts.append(f"{value['k']}/{value['n']}")
             ax.bar(xs, ys, width, color=colours.get(label, extra[j % len(extra)]), label=label)
             ax.errorbar(xs, ys, yerr=np.array([lows, highs]), fmt="none", ecolor="black", lw=0.8, capsize=2)
-            for x, text in zip(xs, counts, strict=True):
-                ax.text(x, -0.02, text, ha="center", va="top", fontsize=5, rotation=90)
+            for x, y, high, text in zip(xs, ys, highs, counts, strict=True):  # k/n above each bar, upright
+                ax.text(x, min(y + high + 0.02, 1.02), text.replace("/", "/\n"), ha="center", va="bottom", fontsize=5.5)
         ax.set_xticks(range(len(tasks)))
-        ax.set_xticklabels(tasks)
-        ax.tick_params(axis="x", pad=18)  # room for the k/n labels under the bars
-        ax.set_ylim(0, 1)
+        ax.set_xticklabels([wrap_label(t) for t in tasks])
+        ax.set_ylim(0, 1.12)
         ax.set_ylabel(ylabel)
         ax.set_title("Outputs that depend on transient tokens vs controls")
-        ax.legend(fontsize=7, frameon=False)
+        drawn_legend(ax, fontsize=7, frameon=False)
     return fig

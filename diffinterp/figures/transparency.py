@@ -7,7 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from diffinterp.figures.style import STYLE  # noqa: E402
+from diffinterp.figures.style import STYLE, drawn_legend, integer_ticks, wrap_label  # noqa: E402
 
 MODE_COLOURS = {  # Okabe-Ito, colour-blind safe
     "continuous": "#D55E00",
@@ -36,10 +36,11 @@ def depth_per_step(chains: dict[str, list[int]], ar_depth: int, n_steps: int):
             ax.plot(steps, depths[:n_steps], style, color=_mode_colour(mode), label=mode, linewidth=1.5)
         ax.axhline(ar_depth, color="black", linewidth=1, linestyle=":", label="AR Gemma 4, per token")
         ax.set_yscale("log")
+        integer_ticks(ax, x=True)
         ax.set_xlabel("denoising steps chained (N)")
         ax.set_ylabel("opaque serial depth")
         ax.set_title("Opaque serial depth by self-conditioning signal")
-        ax.legend(fontsize=7, frameon=False)
+        drawn_legend(ax, fontsize=7, frameon=False)
     return fig
 
 
@@ -60,9 +61,11 @@ def accuracy_per_mode(results: dict[str, dict[str, dict]]):
             high = [max(0.0, entry["ci_high"] - v) for entry, v in zip(stats, values, strict=True)]
             ax.bar(xs, values, width, yerr=[low, high], capsize=2, color=_mode_colour(mode), label=mode)
         ax.set_xticks(range(len(tasks)))
-        ax.set_xticklabels(tasks, rotation=20 if len(tasks) > 4 else 0, ha="right" if len(tasks) > 4 else "center")
+        ax.set_xticklabels([wrap_label(t) for t in tasks])
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("exact match (95% CI)")
         ax.set_title("Accuracy by self-conditioning bottleneck")
-        ax.legend(fontsize=7, frameon=False, ncol=min(5, len(modes)), loc="upper center", bbox_to_anchor=(0.5, -0.1))
+        drawn_legend(
+            ax, fontsize=7, frameon=False, ncol=min(5, len(modes)), loc="upper center", bbox_to_anchor=(0.5, -0.1)
+        )
     return fig

@@ -159,6 +159,34 @@ class DenoisingCache:
             raise KeyError(f"no steps of '{name}' were recorded in block {block}")
         return torch.stack([self._store[(name, step, block)] for step in steps])
 
+    def stack_activation(self, name: str, step: int | None = None, block: int = 0, layers=None) -> torch.Tensor:
+        """One hook at every layer, stacked: ``[layers, *activation_shape]`` (TransformerLens's
+        ``stack_activation``). ``name``: a template with ``{layer}``
+        (``"decoder.blocks.{layer}.hook_resid_post"``) or a short name (``"hook_resid_post"``,
+        ``"resid_post"``, ``"attn.hook_pattern"``), read as a decoder hook; ``step`` is required
+        for decoder hooks; ``layers``: which (default: every layer the cache holds, in order)."""
+        template = name if "{layer}" in name else _layer_template(name)
+        stack = template.split(".", 1)[0]
+        if step is None and stack == "decoder":
+            raise KeyError(f"'{template}' is a decoder hook: give a step (cache.stack_activation(name, step))")
+        if layers is None:
+            found = [_layer_of(template, n) for n in self.names]
+            layers = sorted(layer for layer in found if layer is not None)
+            if not layers:
+                raise KeyError(f"no layer of '{template}' is in this cache (it holds {len(self.names)} hook names)")
+        tensors = [self.get(template.format(layer=layer), step, block) for layer in layers]
+        shapes = {tuple(t.shape) for t in tensors}
+        if len(shapes) > 1:
+            by_shape = {
+                shape: [layer for layer, t in zip(layers, tensors, strict=True) if tuple(t.shape) == shape]
+                for shape in shapes
+            }
+            raise ValueError(
+                f"'{template}' has different shapes across layers ({'; '.join(f'layers {v}: {list(k)}' for k, v in by_shape.items())}): "
+                "sliding and full layers differ in head size; pass layers= of one kind"
+            )
+        return torch.stack(tensors)
+
     def filter(
         self,
         names: Iterable[str] | Callable[[str], bool] | None = None,
@@ -245,6 +273,20 @@ def caching_hooks(cache: DenoisingCache, names: list[str], positions: tuple[int,
         cache.add(hook.name, hook.step, hook.block, stored)
 
     return [(name, save) for name in names]
+
+
+def _layer_template(name: str) -> str:
+    """``"resid_post"`` / ``"hook_resid_post"`` / ``"attn.hook_z"`` -> ``"decoder.blocks.{layer}.hook_resid_post"``."""
+    parts = name.split(".")
+    if not parts[-1].startswith("hook_"):
+        parts[-1] = f"hook_{parts[-1]}"
+    return "decoder.blocks.{layer}." + ".".join(parts)
+
+
+def _layer_of(template: str, name: str) -> int | None:
+    head, tail = template.split("{layer}")
+    middle = name[len(head) : len(name) - len(tail)] if name.startswith(head) and name.endswith(tail) else ""
+    return int(middle) if middle.isdigit() else None
 
 
 def human_bytes(nbytes: float) -> str:

@@ -45,3 +45,28 @@ def decode_output(hm, tokens: torch.Tensor) -> str:
     if hm.tokenizer is None:
         return " ".join(f"<{i}>" for i in ids)
     return " ".join(hm.tokenizer.convert_ids_to_tokens(ids))
+
+
+def attention_keys(trajectory, block: int, step: int, n_keys: int, row: int = 0) -> list[tuple[str, int, int]]:
+    """What each key column of a decoder ``attn.hook_pattern`` ``[batch, heads, query, n_keys]`` is:
+    ``(kind, position, token_id)`` per column, ``kind`` ``"prefix"`` or ``"canvas"``.
+
+    Key order: the cached prefix first (the prompt in block 0, prompt and earlier canvases after),
+    then the canvas of that step. A sliding-window layer caches only the last ``sliding_window - 1``
+    prefix tokens, so its pattern has fewer prefix columns than a full layer's, and prefix column
+    k of a sliding layer is not the same token as column k of a full layer: the columns are the
+    *last* ``n_keys - canvas`` tokens of the prefix (left padding included)."""
+    record = trajectory.block(block)
+    canvas = trajectory.canvas_length
+    n_prefix = n_keys - canvas
+    if not 0 <= n_prefix <= record.prefix_len:
+        raise ValueError(
+            f"a pattern with {n_keys} keys does not fit block {block}: it has a {record.prefix_len}-token prefix "
+            f"and a {canvas}-token canvas (a decoder pattern has canvas + at most prefix keys)"
+        )
+    prefix = trajectory.sequences[row, record.prefix_len - n_prefix : record.prefix_len].tolist()
+    start = record.prefix_len - n_prefix
+    canvas_in = trajectory.step(block, step).canvas_in[row].tolist()
+    return [("prefix", start + k, t) for k, t in enumerate(prefix)] + [
+        ("canvas", k, t) for k, t in enumerate(canvas_in)
+    ]

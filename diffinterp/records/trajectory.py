@@ -138,15 +138,28 @@ class Trajectory:
             )
         return record.steps[step]
 
-    def stack(self, name: str, block: int = 0) -> torch.Tensor:
-        """One field of every step of ``block`` stacked: ``[steps, batch, canvas(, vocab)]``."""
+    def stack(self, name: str, block: int = 0, *, active_only: bool = False) -> torch.Tensor:
+        """One field of every step of ``block`` stacked: ``[steps, batch, canvas(, vocab)]``.
+
+        ``active_only=True`` (floating-point fields: ``entropy``, ``logits``) sets the rows that had
+        stopped denoising at a step to NaN, so per-step statistics (``nanmean``) read only the rows
+        still denoising; :func:`active_mean` does the averaging."""
         valid = (*_STEP_TENSORS, "logits")
         if name not in valid:
             raise KeyError(f"unknown step field '{name}'; valid fields: {', '.join(valid)}")
         values = [getattr(step, name) for step in self.block(block).steps]
         if any(value is None for value in values):
             raise ValueError(f"'{name}' was not recorded: generate with record_logits=True")
-        return torch.stack(values)
+        stacked = torch.stack(values)
+        if not active_only:
+            return stacked
+        if not stacked.is_floating_point():
+            raise TypeError(
+                f"active_only=True masks with NaN, which needs a floating-point field; '{name}' is {stacked.dtype}: "
+                "combine it with traj.stack('active', block) instead"
+            )
+        active = self.stack("active", block).to(stacked.device)
+        return stacked.masked_fill(~active.view(*active.shape, *[1] * (stacked.dim() - 2)), float("nan"))
 
     def temperatures(self, block: int = 0) -> list[float]:
         return [step.temperature for step in self.block(block).steps]
@@ -263,6 +276,23 @@ class Trajectory:
             canvas_length=canvas,
             tokens_per_forward=tensors["tokens_per_forward"],
         )
+
+
+def active_mean(values: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """Per-step mean over the rows still denoising: ``values`` ``[steps, batch, ...]``, ``active``
+    ``[steps, batch]`` (``traj.stack("active", block)``) -> ``[steps, ...]``; NaN at a step where
+    no row was active. Rows that stopped are frozen copies of their last step, and averaging them
+    in would dilute every later step's statistic."""
+    if values.shape[:2] != active.shape:
+        raise ValueError(f"values {list(values.shape)} must start with active's [steps, batch] = {list(active.shape)}")
+    weights = active.to(values.device, torch.float64).view(*active.shape, *[1] * (values.dim() - 2))
+    total = (values.double().nan_to_num() * weights).sum(1)
+    count = weights.sum(1)
+    return (
+        (total / count)
+        .masked_fill(count == 0, float("nan"))
+        .to(values.dtype if values.is_floating_point() else torch.float64)
+    )
 
 
 def step_field_names() -> list[str]:

@@ -35,6 +35,7 @@ from diffinterp.instruments.patching.activation import (
     coupled_runs,
     step_layer_sweep,
     step_position_sweep,
+    steps_aligned,
 )
 from diffinterp.instruments.patching.attribution import AttributionResult, attribution_patching, correlation
 from diffinterp.instruments.patching.engine import MODES, repeat_kv_cache, run_patches, run_patches_loop
@@ -74,4 +75,5 @@ __all__ = [
     "step_layer_sweep",
     "step_outputs",
     "step_position_sweep",
+    "steps_aligned",
 ]

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from diffinterp.core.sampler import never_stop_early
 from diffinterp.instruments.patching.engine import run_patches, run_patches_loop
 from diffinterp.instruments.patching.metrics import final_outputs, step_outputs
 from diffinterp.instruments.patching.patches import RESID_POST, Patch, position_mask
@@ -24,6 +25,7 @@ def coupled_runs(
     attention_mask=None,
     corrupt_attention_mask=None,
     seed: int = 0,
+    align_steps: bool = True,
     **gen_kwargs,
 ) -> tuple[Trajectory, DenoisingCache, Trajectory, DenoisingCache]:
     """Clean and corrupted runs that make the same random draws: ``(clean, clean_cache, corrupt, corrupt_cache)``.
@@ -32,6 +34,14 @@ def coupled_runs(
     the same shape. The corrupt run replays the clean run's RNG states, so any difference between
     them comes from the prompts. Seeds torch's global RNG with ``seed`` first. Logits are recorded (``record_logits=True``); ``names_filter``
     chooses the cached activations (default: every layer's ``hook_resid_post``).
+
+    **Aligned step counts.** With adaptive stopping the two runs may stop at different steps (per
+    block and per prompt), and a sweep over the steps of one would silently miss the other's. With
+    ``align_steps=True`` (default), when the runs' ``active`` masks differ in any block, both are
+    generated again with adaptive stopping off (``stability_threshold = max_denoising_steps + 1``,
+    every other setting unchanged): each run's first steps are the ones it took before, continued to
+    the full step budget. ``align_steps=False`` returns the runs as generated; the sweeps then refuse
+    a default step range the two do not share.
     """
     if isinstance(clean_prompts, str) or (isinstance(clean_prompts, list) and isinstance(clean_prompts[0], str)):
         clean_list = [clean_prompts] if isinstance(clean_prompts, str) else list(clean_prompts)
@@ -51,12 +61,28 @@ def coupled_runs(
         corrupt_attention_mask = corrupt_attention_mask if corrupt_attention_mask is not None else attention_mask
     names = names_filter if names_filter is not None else "decoder.blocks.*.hook_resid_post"
     gen_kwargs.setdefault("record_logits", True)
-    torch.manual_seed(seed)
-    clean, clean_cache = hm.run_with_cache(clean_ids, names, attention_mask=attention_mask, **gen_kwargs)
-    corrupt, corrupt_cache = hm.run_with_cache(
-        corrupt_ids, names, attention_mask=corrupt_attention_mask, replay=clean, **gen_kwargs
-    )
-    return clean, clean_cache, corrupt, corrupt_cache
+
+    def generate(kwargs):
+        torch.manual_seed(seed)
+        clean, clean_cache = hm.run_with_cache(clean_ids, names, attention_mask=attention_mask, **kwargs)
+        corrupt, corrupt_cache = hm.run_with_cache(
+            corrupt_ids, names, attention_mask=corrupt_attention_mask, replay=clean, **kwargs
+        )
+        return clean, clean_cache, corrupt, corrupt_cache
+
+    runs = generate(gen_kwargs)
+    if align_steps and not steps_aligned(runs[0], runs[2]):
+        budget = int(runs[0].generation["max_denoising_steps"])
+        runs = generate({**gen_kwargs, **never_stop_early(budget)})
+    return runs
+
+
+def steps_aligned(clean: Trajectory, corrupt: Trajectory) -> bool:
+    """Whether two runs took the same steps: the same blocks, and in each the same ``active`` mask
+    (every prompt denoising for the same steps)."""
+    if clean.steps_per_block != corrupt.steps_per_block:
+        return False
+    return all(torch.equal(clean.stack("active", b), corrupt.stack("active", b)) for b in range(len(clean.blocks)))
 
 
 @dataclass
@@ -106,6 +132,13 @@ def _steps(target: Trajectory, block: int, steps, source: Trajectory | None = No
     """The requested steps (default: every step both runs ran), checked against both runs."""
     n = target.block(block).n_steps
     what = f"the target's block {block} ran steps 0..{n - 1}"
+    if source is not None and source.block(block).n_steps != n and steps is None:
+        raise ValueError(
+            f"the clean run took {source.block(block).n_steps} steps in block {block} and the corrupted run {n}: "
+            "a sweep over the steps of one would miss the other's. Generate both with pt.coupled_runs "
+            "(it aligns step counts; align_steps=True), or with adaptive stopping off "
+            "(stability_threshold=max_denoising_steps + 1), or pass steps= explicitly"
+        )
     if source is not None and source.block(block).n_steps < n:
         n = source.block(block).n_steps
         what = f"the source (clean) run, which provides the patched activations, ran steps 0..{n - 1} of block {block}"

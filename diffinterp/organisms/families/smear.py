@@ -5,8 +5,8 @@ smear, and a strictly serial control (token and sequence smearing).
     answer  7 9 5 8      or   _ 7 9 5 8     (with probability 1/2 a spacer ``_`` comes first)
     prompt  dedup : 3 7 3 1 7 9             keep the first occurrence of each item
     answer  3 7 1 9      or   _ 3 7 1 9
-    prompt  serial 3 7 1 + 4                x0..x2 = 3 7 1, x[n+1] = x[n] + x[n-1] + x[n-2] + 4 mod 10
-    answer  5 7 7 3 1 5 3 3                 eight terms (never a spacer: every position is fixed)
+    prompt  serial 3 7 1 + 4                x0..x2 = 3 7 1, x[n+1] = x[n-2] + 4 mod 10
+    answer  7 1 5 1 5 9 5 9                 eight terms (never a spacer: every position is fixed)
 
 Where an item lands in a ``filter`` or ``dedup`` output depends on how many earlier items survive,
 so a model can be sure a token appears before it knows where (**token smear**). The spacer is drawn
@@ -18,7 +18,7 @@ smear: its positions never depend on the data.
 Ground truth (:func:`truth`): ``alternatives`` (the two valid answers: without and with the
 spacer), ``items`` (the answer's items), ``spacer_prob`` (0.5, or 0 for ``serial``), ``focus``
 (the positions either alignment writes an item to) and ``round`` for ``serial`` (term n is round
-n + 1: each term is computed from the one before).
+n // 3 + 1: each term is computed from the one three places before).
 """
 
 from __future__ import annotations
@@ -57,10 +57,10 @@ def _dedup(rng: random.Random) -> tuple[str, str]:
 
 
 def serial_terms(seeds: list[int], step: int, n: int = SERIAL_TERMS) -> list[int]:
-    """The ``n`` terms after ``seeds`` of x[n+1] = x[n] + x[n-1] + x[n-2] + step mod 10."""
+    """The ``n`` terms after ``seeds`` of x[n+1] = x[n-2] + step mod 10 (three interleaved progressions)."""
     terms = list(seeds)
     for _ in range(n):
-        terms.append((terms[-1] + terms[-2] + terms[-3] + step) % 10)
+        terms.append((terms[-3] + step) % 10)
     return terms[len(seeds) :]
 
 
@@ -95,7 +95,7 @@ def truth(example: Example) -> dict:
     out["spacer_prob"] = 0.0 if example.task == "serial" else SPACER_PROB
     out["focus"] = list(range(len(items) + (example.task != "serial")))  # both alignments' positions
     if example.task == "serial":
-        out["round"] = [n + 1 for n in range(len(items))] + [0]
+        out["round"] = [n // 3 + 1 for n in range(len(items))] + [0]
     return out
 
 
@@ -125,7 +125,7 @@ FAMILY = {
     "serial": Task(
         "serial",
         _serial,
-        "a third-order recurrence mod 10 (control)",
+        "three interleaved progressions mod 10 (control)",
         case_of=case_of,
         truth=truth,
         alternatives=alternatives,
