@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 import diffinterp as di
-from diffinterp.core.loading import bundled_model_path
+from diffinterp.core.loading import bundled_model_path, resolve_model_path
 from diffinterp.instruments import patching as pt
 
 
@@ -101,9 +101,12 @@ def checkpoint_id(path=None) -> str:
     """First 12 hex digits of the SHA-256 of the checkpoint's weights (which model the numbers are for)."""
     import hashlib
 
-    folder = Path(path) if path is not None else bundled_model_path()
+    folder = resolve_model_path(path)  # a bundled name ("toy4") or a folder
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise SystemExit(f"no *.safetensors in {folder}: not a checkpoint folder")
     digest = hashlib.sha256()
-    for file in sorted(folder.glob("*.safetensors")):
+    for file in files:
         digest.update(file.read_bytes())
     return digest.hexdigest()[:12]
 

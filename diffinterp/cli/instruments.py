@@ -40,7 +40,11 @@ def register(commands) -> None:
         help="free: re-generate after the patch; chain: patched steps feed the next; step: one step only",
     )
     patch.add_argument("--layer", type=int, default=None, help="layer of the step-position sweep (default: middle)")
-    patch.add_argument("--adaptive", action="store_true", help="keep adaptive stopping (default: every step runs)")
+    patch.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="keep adaptive stopping (default: every step runs); runs that stop apart are continued to the same step count",
+    )
     patch.add_argument(
         "--save-runs",
         action="store_true",
