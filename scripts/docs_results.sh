@@ -20,7 +20,7 @@ study non-chronological non_chronological_latin docs/figures/case-studies/non-ch
 study intermediate-context intermediate_context docs/figures/case-studies/intermediate-context/gold --n 100
 study variable-transparency variable_transparency docs/figures/variable_transparency --model latin --n 100
 study token-identity token_identity docs/figures/case-studies/token-identity --model latin --n 100
-study monitorability monitorability docs/figures/case-studies/monitorability --n 400
+study monitorability monitorability docs/figures/case-studies/monitorability --n 200
 study self-correction self_correction docs/figures/case-studies/self-correction --n 100
 study smearing smearing docs/figures/case-studies/smearing --n 100
 study response-length response_length docs/figures/case-studies/response-length --n 100

@@ -47,7 +47,7 @@ def auroc_bars(results: dict[str, dict[str, dict]], title: str = "Monitor AUROC 
         ax.set_ylabel("AUROC")
         ax.set_title(title)
         drawn_legend(
-            ax, fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=len(sources) + 1
+            ax, fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=len(sources) + 1
         )
     return fig
 
