@@ -129,7 +129,16 @@ def test_head_results_are_the_o_proj_slices_and_sum_to_attn_out(scaled_run):
         torch.testing.assert_close(
             stack[layer * n_heads : (layer + 1) * n_heads].sum(0), decomposed[1 + 2 * layer], atol=1e-5, rtol=1e-5
         )
-    logits_direct = hm.stack_head_results(cache, 1, apply_ln=True) @ hm.model.lm_head.weight.float().T
+    normed_heads = hm.stack_head_results(cache, 1, apply_ln=True)
+    normed_terms = hm.decompose_resid(cache, 1, apply_ln=True)  # the same final-norm scale for both
+    for layer in range(n):
+        torch.testing.assert_close(
+            normed_heads[layer * n_heads : (layer + 1) * n_heads].sum(0),
+            normed_terms[1 + 2 * layer],
+            atol=1e-5,
+            rtol=1e-5,
+        )
+    logits_direct = normed_heads @ hm.model.lm_head.weight.float().T
     assert logits_direct.shape == (n * n_heads, 2, traj.canvas_length, hm.text_config.vocab_size)
 
 
@@ -142,7 +151,7 @@ def test_stack_activation_stacks_every_layer(scaled_run):
     assert torch.equal(cache.stack_activation("hook_resid_post", 3, layers=[1, 2]), expected[1:3])
     sliding = [i for i, kind in enumerate(hm.text_config.layer_types) if kind == "sliding_attention"]
     assert cache.stack_activation("attn.hook_z", 0, layers=sliding).shape[0] == len(sliding)
-    with pytest.raises(ValueError, match="pass layers= of one kind"):
+    with pytest.raises(ValueError, match="pass layers= whose shapes agree"):
         cache.stack_activation("attn.hook_z", 0)  # sliding and full layers' heads differ in size
     with pytest.raises(KeyError, match="give a step"):
         cache.stack_activation("resid_post")
@@ -177,6 +186,9 @@ def test_active_rows_helpers_equal_a_loop():
         torch.testing.assert_close(mean[step], expected, equal_nan=True)
     masked = traj.stack("entropy", active_only=True)
     assert masked[~active].isnan().all() and torch.equal(masked[active], entropy[active])
+    spiked = entropy.clone()
+    spiked[active] = float("inf")  # a non-finite value in an active row stays in the mean
+    assert di.active_mean(spiked, active)[0].isinf().all()
     with pytest.raises(TypeError, match="floating-point"):
         traj.stack("argmax", active_only=True)
     with pytest.raises(ValueError, match="steps, batch"):
@@ -219,3 +231,18 @@ def test_attention_pattern_figure_has_whole_labels_and_integer_ticks(tmp_path):
     fig.savefig(tmp_path / "attention.png")
     with pytest.raises(IndexError, match="heads 0"):
         ip.attention_pattern(cache, traj, step=1, layer=1, heads=[99])
+
+
+def test_positions_are_canvas_positions_on_a_filtered_cache(scaled_run):
+    """``positions=`` names canvas positions, also on a cache recorded at a few of them."""
+    hm, traj, cache = scaled_run
+    ids, mask = traj.prompt_ids, traj.attention_mask
+    torch.manual_seed(0)
+    _, part = hm.run_with_cache(
+        ids, NAMES, attention_mask=mask, max_denoising_steps=4, t_min=0.3, t_max=0.6, positions=[1, 4]
+    )
+    full = hm.decompose_resid(cache, 2, positions=[4])
+    torch.testing.assert_close(hm.decompose_resid(part, 2, positions=[4]), full)
+    torch.testing.assert_close(hm.decompose_resid(part, 2, positions=4), full)
+    with pytest.raises(IndexError, match="position 2 is not in this cache"):
+        hm.decompose_resid(part, 2, positions=[2])

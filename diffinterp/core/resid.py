@@ -57,28 +57,39 @@ def _get(cache: DenoisingCache, name: str, step: int, block: int, why: str) -> t
     try:
         return cache.get(name, step, block)
     except KeyError as error:
-        raise KeyError(
-            f"{why} needs '{name}' at step {step} of block {block}: cache it "
-            f"(run_with_cache(names_filter=[..., '{name}'])); {error.args[0]}"
-        ) from None
+        fix = (
+            "cache it at that step (run_with_cache(steps=...))"
+            if name in cache.names
+            else f"cache it (run_with_cache(names_filter=[..., '{name}']))"
+        )
+        raise KeyError(f"{why} needs '{name}' at step {step} of block {block}: {fix}; {error.args[0]}") from None
 
 
-def _positions(tensor: torch.Tensor, positions) -> torch.Tensor:
-    return tensor if positions is None else tensor[..., positions, :]
+def _positions(tensor: torch.Tensor, positions, cache: DenoisingCache) -> torch.Tensor:
+    """The canvas ``positions`` (an int or a list) of a ``[..., pos, d]`` activation; on a cache
+    recorded with ``positions=``, canvas positions are mapped to the stored ones."""
+    if positions is None:
+        return tensor
+    wanted = [positions] if isinstance(positions, int) else list(positions)
+    stored = list(cache.positions) if cache.positions is not None else list(range(tensor.shape[-2]))
+    missing = [p for p in wanted if p not in stored]
+    if missing:
+        raise IndexError(f"canvas position {missing[0]} is not in this cache (it holds positions {stored})")
+    return tensor[..., [stored.index(p) for p in wanted], :]
 
 
 def _rms_scale(norm: torch.nn.Module, total: torch.Tensor) -> torch.Tensor:
     """What ``norm`` multiplies ``total`` by, per position: ``weight / sqrt(mean(total^2) + eps)``."""
     scale = (total.float().pow(2).mean(-1, keepdim=True) + norm.eps).pow(-0.5)
     weight = getattr(norm, "weight", None) if getattr(norm, "with_scale", True) else None
-    return scale * weight.float() if weight is not None else scale
+    return scale * weight.float().to(scale.device) if weight is not None else scale  # cache and model may differ
 
 
 def residual_at(model, cache: DenoisingCache, step: int, block: int = 0, layer: int | None = None, positions=None):
     """The residual stream entering ``layer`` (``n_layers`` or None: after the last layer)."""
     layer = _layer(model, layer, "residual_at")
     name = POST.format(_n_layers(model) - 1) if layer == _n_layers(model) else PRE.format(layer)
-    return _positions(_get(cache, name, step, block, "the residual"), positions)
+    return _positions(_get(cache, name, step, block, "the residual"), positions, cache)
 
 
 def apply_ln_to_stack(
@@ -91,7 +102,7 @@ def apply_ln_to_stack(
     if stack.shape[-3:] != total.shape:
         raise ValueError(
             f"stack {list(stack.shape)} must end with the residual's [batch, pos, d_model] = {list(total.shape)}"
-            " (pass the same positions=)"
+            " at the positions= given here (pass the positions the stack was taken at)"
         )
     return stack.float() * _rms_scale(model.model.decoder.norm, total.to(stack.device))
 
@@ -125,7 +136,7 @@ def accumulated_resid(
         if incl_mid and index < layer:
             parts.append(_get(cache, MID.format(index), step, block, "accumulated_resid"))
             labels.append(f"{index}_mid")
-    stack = torch.stack([_positions(part, positions) for part in parts])
+    stack = torch.stack([_positions(part, positions, cache) for part in parts])
     if apply_ln:
         norm = model.model.decoder.norm
         stack = stack.float() * _rms_scale(norm, stack)
@@ -163,7 +174,7 @@ def decompose_resid(
         parts.append(_get(cache, ATTN_OUT.format(index), step, block, "decompose_resid").float() * after(index))
         parts.append(_get(cache, FFN_OUT.format(index), step, block, "decompose_resid").float() * after(index))
         labels += [f"{index}_attn_out", f"{index}_ffn_out"]
-    stack = torch.stack([_positions(part, positions) for part in parts])
+    stack = torch.stack([_positions(part, positions, cache) for part in parts])
     if apply_ln:
         stack = apply_ln_to_stack(model, stack, cache, step, block, positions)
     return (stack, labels) if return_labels else stack
@@ -216,7 +227,7 @@ def stack_head_results(
         labels += [f"L{index}H{h}" for h in range(heads.shape[2])]
     if not parts:
         raise ValueError("stack_head_results: layer=0 has no heads before it")
-    stack = torch.stack([_positions(part, positions) for part in parts])
+    stack = torch.stack([_positions(part, positions, cache) for part in parts])
     if apply_ln:
         stack = apply_ln_to_stack(model, stack, cache, step, block, positions)
     return (stack, labels) if return_labels else stack

@@ -183,7 +183,7 @@ class DenoisingCache:
             }
             raise ValueError(
                 f"'{template}' has different shapes across layers ({'; '.join(f'layers {v}: {list(k)}' for k, v in by_shape.items())}): "
-                "sliding and full layers differ in head size; pass layers= of one kind"
+                "(sliding and full layers differ in head size and in attended keys): pass layers= whose shapes agree"
             )
         return torch.stack(tensors)
 

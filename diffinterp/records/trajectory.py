@@ -285,9 +285,9 @@ def active_mean(values: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
     in would dilute every later step's statistic."""
     if values.shape[:2] != active.shape:
         raise ValueError(f"values {list(values.shape)} must start with active's [steps, batch] = {list(active.shape)}")
-    weights = active.to(values.device, torch.float64).view(*active.shape, *[1] * (values.dim() - 2))
-    total = (values.double().nan_to_num() * weights).sum(1)
-    count = weights.sum(1)
+    mask = active.to(values.device, torch.bool).view(*active.shape, *[1] * (values.dim() - 2))
+    total = torch.where(mask, values.double(), 0.0).sum(1)  # stopped rows left out, active ones as they are
+    count = mask.double().sum(1)
     return (
         (total / count)
         .masked_fill(count == 0, float("nan"))

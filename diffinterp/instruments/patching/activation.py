@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +75,13 @@ def coupled_runs(
     if align_steps and not steps_aligned(runs[0], runs[2]):
         budget = int(runs[0].generation["max_denoising_steps"])
         runs = generate({**gen_kwargs, **never_stop_early(budget)})
+        if not steps_aligned(runs[0], runs[2]):  # e.g. one run's EOS ended it a canvas earlier
+            warnings.warn(
+                f"clean and corrupted runs still differ after continuing both to {budget} steps "
+                f"(steps per block: clean {runs[0].steps_per_block}, corrupted {runs[2].steps_per_block}, "
+                "or rows that stop at different steps): sweep the blocks both ran (block=) and pass steps= explicitly",
+                stacklevel=2,
+            )
     return runs
 
 

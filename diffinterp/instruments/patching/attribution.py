@@ -75,14 +75,16 @@ def attribution_patching(
         raise ValueError(
             "the corrupted trajectory has no runtime state (loaded from disk): call hm.restore_runtime first"
         )
-    cached = {step for name, step, b in clean_cache.keys() if b == block and name == hook.format(layer=layers[0])}
-    missing = [step.step for step in record.steps if step.step not in cached]
-    if missing:
-        raise ValueError(
-            f"the clean cache has no '{hook.format(layer=layers[0])}' at step {missing[0]} of block {block}, which the "
-            f"corrupted run took ({record.n_steps} steps; cached: {len(cached)}): generate both runs with "
-            "pt.coupled_runs (it aligns step counts) and cache this hook at every step"
-        )
+    cached = set(clean_cache.keys())
+    for layer in layers:
+        name = hook.format(layer=layer)
+        missing = [step.step for step in record.steps if (name, step.step, block) not in cached]
+        if missing:
+            raise ValueError(
+                f"the clean cache has no '{name}' at step {missing[0]} of block {block}, which the corrupted run "
+                f"took ({record.n_steps} steps): generate both runs with pt.coupled_runs (it aligns step counts) "
+                "and cache this hook at every step"
+            )
     config = _generation_config(model, corrupt)
     bottleneck = Bottleneck.parse(corrupt.bottleneck)
     dtype = model.model.decoder.embed_tokens.weight.dtype
