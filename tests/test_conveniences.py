@@ -246,3 +246,39 @@ def test_positions_are_canvas_positions_on_a_filtered_cache(scaled_run):
     torch.testing.assert_close(hm.decompose_resid(part, 2, positions=4), full)
     with pytest.raises(IndexError, match="position 2 is not in this cache"):
         hm.decompose_resid(part, 2, positions=[2])
+
+
+def test_an_fp16_cache_decomposes_to_its_residual(scaled_run):
+    """A half-precision cache (the size users store at 26B): the terms still sum to the residual."""
+    hm, traj, _ = scaled_run
+    torch.manual_seed(0)
+    _, half = hm.run_with_cache(
+        traj.prompt_ids, NAMES, attention_mask=traj.attention_mask, max_denoising_steps=4, t_min=0.3, t_max=0.6,
+        dtype=torch.float16,
+    )  # fmt: skip
+    n = hm.text_config.num_hidden_layers
+    residual = half[f"decoder.blocks.{n - 1}.hook_resid_post", 2].float()
+    torch.testing.assert_close(hm.decompose_resid(half, 2).sum(0), residual, atol=2e-2, rtol=2e-2)
+    assert hm.decompose_resid(half, 2, apply_ln=True).dtype == torch.float32
+
+
+def test_attention_keys_in_a_later_block_with_a_padded_prompt():
+    """Block 1's prefix is the prompt (left padding included) and block 0's canvas."""
+    config = di.tiny_config(**TINY_CONFIGS["l4-e8k1-c6-v64"])  # sliding window 4, canvas 6
+    hm = di.HookedDiffusionGemma(di.tiny_model(config, seed=0))
+    ids, mask = make_prompts(config.text_config.vocab_size, 2, 0)  # row 1 is left-padded
+    torch.manual_seed(0)
+    traj, cache = hm.run_with_cache(
+        ids, "decoder.blocks.*.attn.hook_pattern", attention_mask=mask, max_denoising_steps=2,
+        max_new_tokens=2 * config.canvas_length, stability_threshold=3,
+    )  # fmt: skip
+    assert len(traj.blocks) == 2
+    for row in (0, 1):
+        for layer, kind in enumerate(config.text_config.layer_types):
+            n_keys = cache[f"decoder.blocks.{layer}.attn.hook_pattern", 1, 1].shape[-1]
+            keys = di.attention_keys(traj, 1, 1, n_keys, row=row)
+            prefix = [t for k, _, t in keys if k == "prefix"]
+            expected = traj.sequences[row, : traj.block(1).prefix_len].tolist()  # prompt + canvas 0
+            assert prefix == (
+                expected if kind == "full_attention" else expected[-(config.text_config.sliding_window - 1) :]
+            )
