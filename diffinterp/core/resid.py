@@ -85,6 +85,25 @@ def _rms_scale(norm: torch.nn.Module, total: torch.Tensor) -> torch.Tensor:
     return scale * weight.float().to(scale.device) if weight is not None else scale  # cache and model may differ
 
 
+def _scalars_after(model, start: int, end: int) -> float:
+    """The product of the layer scalars of layers ``start .. end - 1`` (what a term written before
+    layer ``start`` is multiplied by on its way to the residual entering ``end``)."""
+    return math.prod(float(model.model.decoder.layers[index].layer_scalar) for index in range(start, end))
+
+
+def _needs_last_layer(model, layer: int, apply_ln: bool) -> None:
+    if apply_ln and layer != _n_layers(model):
+        raise ValueError("apply_ln scales by the final norm: it needs layer=None (the residual after the last layer)")
+
+
+def _stacked(model, parts, labels, cache, step, block, positions, apply_ln: bool, return_labels: bool):
+    """Stack ``parts`` at ``positions``, scaled by the final norm with ``apply_ln``; with labels if asked."""
+    stack = torch.stack([_positions(part, positions, cache) for part in parts])
+    if apply_ln:
+        stack = apply_ln_to_stack(model, stack, cache, step, block, positions)
+    return (stack, labels) if return_labels else stack
+
+
 def residual_at(model, cache: DenoisingCache, step: int, block: int = 0, layer: int | None = None, positions=None):
     """The residual stream entering ``layer`` (``n_layers`` or None: after the last layer)."""
     layer = _layer(model, layer, "residual_at")
@@ -159,25 +178,16 @@ def decompose_resid(
     and ``"{l}_ffn_out"`` for each layer before ``layer``, each multiplied by the layer scalars it
     passed through. ``[components, batch, pos, d_model]``; the components sum to the residual
     (and, with ``apply_ln``, to its final-norm output; ``layer`` must then be the last)."""
-    layers = model.model.decoder.layers
     layer = _layer(model, layer, "decompose_resid")
-    if apply_ln and layer != _n_layers(model):
-        raise ValueError("apply_ln scales by the final norm: it needs layer=None (the residual after the last layer)")
-    scalars = [float(layers[index].layer_scalar) for index in range(layer)]
-
-    def after(start: int) -> float:  # product of the scalars of layers start .. layer-1
-        return math.prod(scalars[start:])
-
-    parts = [_get(cache, SC_OUT, step, block, "decompose_resid").float() * after(0)]
+    _needs_last_layer(model, layer, apply_ln)
+    parts = [_get(cache, SC_OUT, step, block, "decompose_resid").float() * _scalars_after(model, 0, layer)]
     labels = ["sc_out"]
     for index in range(layer):
-        parts.append(_get(cache, ATTN_OUT.format(index), step, block, "decompose_resid").float() * after(index))
-        parts.append(_get(cache, FFN_OUT.format(index), step, block, "decompose_resid").float() * after(index))
+        scale = _scalars_after(model, index, layer)
+        parts.append(_get(cache, ATTN_OUT.format(index), step, block, "decompose_resid").float() * scale)
+        parts.append(_get(cache, FFN_OUT.format(index), step, block, "decompose_resid").float() * scale)
         labels += [f"{index}_attn_out", f"{index}_ffn_out"]
-    stack = torch.stack([_positions(part, positions, cache) for part in parts])
-    if apply_ln:
-        stack = apply_ln_to_stack(model, stack, cache, step, block, positions)
-    return (stack, labels) if return_labels else stack
+    return _stacked(model, parts, labels, cache, step, block, positions, apply_ln, return_labels)
 
 
 def head_results(model, cache: DenoisingCache, step: int, layer: int, block: int = 0, *, residual: bool = True):
@@ -215,19 +225,13 @@ def stack_head_results(
     ``[layers * heads, batch, pos, d_model]``, labels ``"L0H0"``, … (TransformerLens's
     ``stack_head_results``). Multiplied by the layer scalars after each layer, so with
     ``apply_ln`` each head's ``lm_head`` projection is its direct effect on the logits."""
-    layers = model.model.decoder.layers
     layer = _layer(model, layer, "stack_head_results")
-    if apply_ln and layer != _n_layers(model):
-        raise ValueError("apply_ln scales by the final norm: it needs layer=None (every layer)")
+    _needs_last_layer(model, layer, apply_ln)
     parts, labels = [], []
     for index in range(layer):
-        scale = math.prod(float(layers[later].layer_scalar) for later in range(index, layer))
-        heads = head_results(model, cache, step, index, block) * scale
+        heads = head_results(model, cache, step, index, block) * _scalars_after(model, index, layer)
         parts += list(heads.unbind(2))
         labels += [f"L{index}H{h}" for h in range(heads.shape[2])]
     if not parts:
         raise ValueError("stack_head_results: layer=0 has no heads before it")
-    stack = torch.stack([_positions(part, positions, cache) for part in parts])
-    if apply_ln:
-        stack = apply_ln_to_stack(model, stack, cache, step, block, positions)
-    return (stack, labels) if return_labels else stack
+    return _stacked(model, parts, labels, cache, step, block, positions, apply_ln, return_labels)
