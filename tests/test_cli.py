@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
+import pytest
 import torch
 
 import diffinterp as di
 
 
-def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "diffinterp.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
-    )
+@pytest.fixture
+def run_cli(warm_python):
+    """``python -m diffinterp.cli ARGS`` in a new process (forked from the warm server, see conftest.py)."""
+
+    def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
+        return warm_python.run(["-m", "diffinterp.cli", *args], cwd=cwd)
+
+    return run
 
 
-def test_hooks_lists_the_real_model_from_the_meta_device():
+def test_hooks_lists_the_real_model_from_the_meta_device(run_cli):
     result = run_cli("hooks", "--config", "real")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -25,7 +29,7 @@ def test_hooks_lists_the_real_model_from_the_meta_device():
     assert any(line.startswith("decoder.hook_logits") and "[1, 256, 262144]" in line for line in lines)
 
 
-def test_demo_writes_figures(tmp_path):
+def test_demo_writes_figures(run_cli, tmp_path):
     result = run_cli(
         "demo", "--out", str(tmp_path / "demo"), "--max-new-tokens", "8", "--max-denoising-steps", "3", "--no-studies"
     )
@@ -38,7 +42,7 @@ def test_demo_writes_figures(tmp_path):
     assert trajectory.steps_per_block == [3]
 
 
-def test_run_saves_cache_and_trajectory(tmp_path):
+def test_run_saves_cache_and_trajectory(run_cli, tmp_path):
     out = tmp_path / "cache.safetensors"
     result = run_cli(
         "run",
@@ -62,13 +66,13 @@ def test_run_saves_cache_and_trajectory(tmp_path):
     assert cache["decoder.hook_logits", 0].dtype == torch.float32
 
 
-def test_cli_errors_are_clear(tmp_path):
+def test_cli_errors_are_clear(run_cli, tmp_path):
     result = run_cli("run", "--prompt", "a", "--cache", "decoder.blocks.0.hook_resid", "--out", str(tmp_path / "x"))
     assert result.returncode == 2
     assert "did you mean 'decoder.blocks.0.hook_resid_pre'" in result.stderr
 
 
-def test_demo_runs_the_case_studies_and_links_every_figure(tmp_path):
+def test_demo_runs_the_case_studies_and_links_every_figure(run_cli, tmp_path):
     """`diffinterp demo` (the README's main job): quick studies + a report whose links all resolve.
 
     At 8 denoising steps to keep the suite short; `make demo` runs the checkpoint's full budget."""
@@ -89,7 +93,7 @@ def test_demo_runs_the_case_studies_and_links_every_figure(tmp_path):
         assert (out / link).is_file(), link
 
 
-def test_case_study_command_writes_metrics(tmp_path):
+def test_case_study_command_writes_metrics(run_cli, tmp_path):
     import json
 
     result = run_cli(
@@ -110,7 +114,7 @@ def test_case_study_command_writes_metrics(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-def test_lens_command_reads_every_final_token_at_the_last_layer(tmp_path):
+def test_lens_command_reads_every_final_token_at_the_last_layer(run_cli, tmp_path):
     import json
 
     result = run_cli(
@@ -139,7 +143,7 @@ def test_lens_command_reads_every_final_token_at_the_last_layer(tmp_path):
     assert bad.returncode == 2 and "outside the canvas" in bad.stderr
 
 
-def test_patch_command_restores_the_clean_run_at_the_last_step_and_layer(tmp_path):
+def test_patch_command_restores_the_clean_run_at_the_last_step_and_layer(run_cli, tmp_path):
     import json
 
     clean, corrupt = "hop x=5 q=7 m=x k=q t=m ? t", "hop x=3 q=7 m=x k=q t=m ? t"

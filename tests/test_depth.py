@@ -188,16 +188,8 @@ def test_ar_token_depth_reads_the_kv_cache(tiny_meta_models):
     assert longer.depth > report.depth  # attention sums over more cached keys: a deeper reduction
 
 
-def test_depth_cli_prints_the_table_quickly():
-    import subprocess
-    import sys
-
-    result = subprocess.run(
-        [sys.executable, "-m", "diffinterp.cli", "depth", "--config", "tiny", "--chain-lengths", "48", "20"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def test_depth_cli_prints_the_table(warm_python):
+    result = warm_python.run(["-m", "diffinterp.cli", "depth", "--config", "tiny", "--chain-lengths", "48", "20"])
     assert result.returncode == 0, result.stderr
     assert "| DiffusionGemma | continuous | 48 |" in result.stdout and "28.6×" in result.stdout
 

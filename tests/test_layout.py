@@ -124,13 +124,13 @@ def external_study_on_path(root: Path) -> dict:
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: diffinterp-acceptance\nVersion: 0.1.0\n")
     (info / "entry_points.txt").write_text("[diffinterp.case_studies]\nacceptance = diffinterp_acceptance\n")
-    return {**os.environ, "PYTHONPATH": str(root)}
+    return {"PYTHONPATH": str(root)}
 
 
-def test_an_external_study_runs_through_the_cli_with_the_shared_flags(tmp_path):
+def test_an_external_study_runs_through_the_cli_with_the_shared_flags(tmp_path, warm_python):
     env = external_study_on_path(tmp_path / "site")
-    cli = [sys.executable, "-m", "diffinterp.cli", "case-study"]
-    listing = subprocess.run([*cli, "--help"], env=env, capture_output=True, text=True, timeout=300)
+    cli = ["-m", "diffinterp.cli", "case-study"]
+    listing = warm_python.run([*cli, "--help"], env=env)
     assert listing.returncode == 0 and "acceptance" in listing.stdout and "diffinterp_acceptance" in listing.stdout
     out = tmp_path / "acceptance"
     flags = [
@@ -147,7 +147,7 @@ def test_an_external_study_runs_through_the_cli_with_the_shared_flags(tmp_path):
         "--bottleneck",
         "argmax",
     ]
-    result = subprocess.run([*cli, "acceptance", *flags, "--out", str(out)], env=env, capture_output=True, text=True)
+    result = warm_python.run([*cli, "acceptance", *flags, "--out", str(out)], env=env)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["options"] == {
