@@ -45,16 +45,39 @@ def timed(function, repeats: int) -> float:
     return statistics.median(times)
 
 
+# Peak resident memory inside a child process, from /proc (Linux): ``ru_maxrss`` would not do, as
+# a child's starts at the parent's resident size at fork (the kernel carries it over exec), which
+# hides anything smaller than this benchmark process. Writing 5 to clear_refs resets the peak.
+PEAK = (
+    "def status(key): return int(next(l for l in open('/proc/self/status') if l.startswith(key)).split()[1]) / 1024\n"
+    "def reset_peak(): open('/proc/self/clear_refs', 'w').write('5'); return status('VmRSS:')\n"
+)
+
+
+def _child_mib(code: str) -> float:
+    out = subprocess.run([sys.executable, "-c", PEAK + code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def peak_extra_mib(mib: int) -> float:
     """Peak resident memory a save adds above the cache itself, in a fresh process."""
-    code = (
-        "import resource, sys, tempfile; sys.path.insert(0, 'benchmarks'); from record_io import build_cache\n"
-        f"cache = build_cache({mib}); before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+    return _child_mib(
+        "import sys, tempfile; sys.path.insert(0, 'benchmarks'); from record_io import build_cache\n"
+        f"cache = build_cache({mib}); before = reset_peak()\n"
         "with tempfile.TemporaryDirectory() as folder: cache.save(folder + '/c.safetensors')\n"
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)"
+        "print(status('VmHWM:') - before)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+
+
+def load_peak_extra_mib(path: Path) -> float:
+    """Peak resident memory a load of ``path`` adds (the loaded cache included), in a fresh process:
+    one copy of the data is the file's size; a loader that copies each tensor again (or keeps the
+    file mapped while copying out of it) peaks higher."""
+    return _child_mib(
+        "from diffinterp.records.cache import DenoisingCache\nbefore = reset_peak()\n"
+        f"cache = DenoisingCache.load({str(path)!r})\n"
+        "print(status('VmHWM:') - before)"
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -80,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
             # that verifies (and for any use of the data)
             "load_file_read_s": timed(lambda: [t.sum() for t in load_file(str(raw)).values()], args.repeats),
         }
+        result["load_peak_extra_mib"] = load_peak_extra_mib(ours)
         loaded = DenoisingCache.load(ours)
         assert all(torch.equal(loaded._store[key], value) for key, value in cache._store.items())
     result["save_ratio"] = result["save_s"] / result["save_file_s"]
@@ -90,7 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"  save  {result['save_s']:.3f} s vs save_file {result['save_file_s']:.3f} s  -> {result['save_ratio']:.2f}x\n"
         f"  load  {result['load_s']:.3f} s vs load_file + one read {result['load_file_read_s']:.3f} s"
         f"  -> {result['load_ratio']:.2f}x (load_file alone, lazily mapped: {result['load_file_s']:.3f} s)\n"
-        f"  save's peak extra memory: {result['save_peak_extra_mib']:.1f} MiB (the cache: {args.mib} MiB)"
+        f"  save's peak extra memory: {result['save_peak_extra_mib']:.1f} MiB (the cache: {args.mib} MiB)\n"
+        f"  load's peak memory: {result['load_peak_extra_mib']:.1f} MiB (one copy of the data: {args.mib} MiB)"
     )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import Entro
 
 import diffinterp as di
 from conftest import make_prompts
-from diffinterp.core.replay import self_conditioning_inputs
+from diffinterp.core.replay import self_conditioning_input
 from diffinterp.figures import instruments as ip
 from diffinterp.instruments import lens as lz
 from diffinterp.instruments import patching as pt
@@ -315,7 +315,7 @@ def test_step_inputs_channel_matches_the_clean_canvas_and_signal(runs):
     decoder = hm.model.model.decoder
     canvas = clean.step(0, 2).canvas_in
     assert torch.equal(cache["decoder.hook_embed", 2], decoder.embed_tokens(canvas))
-    signal = self_conditioning_inputs(hm, clean, 0, 2)[2]
+    signal = self_conditioning_input(hm, clean, 0, 2)
     soft = signal.softmax(-1, dtype=torch.float32) @ decoder.embed_tokens.weight * decoder.embed_tokens.embed_scale
     assert torch.allclose(cache["decoder.sc.hook_soft_embed", 2], soft, atol=1e-5)
 

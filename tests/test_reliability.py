@@ -83,6 +83,36 @@ def test_a_flipped_byte_is_a_checksum_error(saved, tmp_path, which):
     assert str(bad) in str(err.value)
 
 
+def test_a_version_2_file_with_crc32_checksums_is_still_read_and_checked(saved, tmp_path):
+    """Files written before the XXH3 checksum (format version 2: a CRC-32 per tensor, computed here
+    independently with zlib) load to the same tensors; a flipped byte in one is still caught."""
+    import zlib
+
+    cache_path, cache = saved[1], saved[3]
+
+    def as_version_2(header):
+        metadata = header["__metadata__"]
+        schema = json.loads(metadata["schema"])
+        _, body = _split(cache_path)
+        for name, entry in schema.items():
+            start, end = header[name]["data_offsets"]
+            del entry["xxh3_64"]
+            entry["crc32"] = zlib.crc32(body[start:end])
+        metadata["schema"], metadata["version"] = json.dumps(schema), "2"
+
+    old = tampered(cache_path, tmp_path / "v2.safetensors", edit_header=as_version_2)
+    loaded = di.DenoisingCache.load(old)
+    assert all(torch.equal(loaded.get(*key), tensor) for key, tensor in cache.items())
+    with pytest.raises(RecordError, match="checksum mismatch"):
+        di.DenoisingCache.load(tampered(old, tmp_path / "v2bad.safetensors", edit_body=_flip))
+
+    def as_version_9(header):
+        header["__metadata__"]["version"] = "9"
+
+    with pytest.raises(RecordError, match="version 9; this diffinterp reads versions 2, 3"):
+        di.DenoisingCache.load(tampered(cache_path, tmp_path / "v9.safetensors", edit_header=as_version_9))
+
+
 def test_an_edited_header_dtype_or_shape_names_the_tensor(saved, tmp_path):
     traj_path = saved[0]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
@@ -194,3 +196,85 @@ def test_replay_reuses_the_random_draws(small, tmp_path):
     loaded = di.Trajectory.load(clean.save(tmp_path / "clean.safetensors"))
     torch.manual_seed(5)
     assert torch.equal(hm.generate(input_ids, replay=loaded, **kwargs).sequences, clean.sequences)
+
+
+@contextmanager
+def counted_decoder_passes(model):
+    """Count decoder forward passes by wrapping ``decoder.forward`` (not a torch hook: an attached
+    hook would, rightly, stop ``run_step`` from reusing its logits as the recorded step's)."""
+    decoder = model.model.decoder
+    calls = []
+    original = decoder.forward
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    decoder.forward = counting
+    try:
+        yield calls
+    finally:
+        del decoder.forward
+
+
+@pytest.mark.parametrize("recorded_as", ["nothing", "bfloat16"])
+def test_step_reruns_cost_one_pass_per_step_and_equal_the_recorded_run(small, recorded_as):
+    """final_outputs, step_inputs / run_step for every step and the sweeps' start states re-run each
+    step at most once (S + 1 passes for S steps), with results equal to a run that recorded its
+    float32 logits (itself equal to generate); visiting steps backwards or editing a weight in place
+    re-derives, and stays exact."""
+    from diffinterp.instruments.patching.metrics import final_outputs, final_outputs_and_signals
+
+    model, hm = small
+    input_ids, mask = make_prompts(96, 2, 8)
+    steps = 6
+    kwargs = dict(attention_mask=mask, max_new_tokens=8, max_denoising_steps=steps, stability_threshold=steps + 1)
+    torch.manual_seed(1)
+    truth = hm.generate(input_ids, record_logits=True, **kwargs)
+    assert truth.blocks[0].n_steps == steps
+
+    def trajectory():
+        torch.manual_seed(1)
+        if recorded_as == "nothing":
+            return hm.generate(input_ids, **kwargs)
+        return hm.generate(input_ids, record_logits=True, logits_dtype=torch.bfloat16, **kwargs)
+
+    signals = [hm.step_inputs(truth, 0, s)["self_conditioning_logits"] for s in range(steps)]
+    run = trajectory()
+    with counted_decoder_passes(model) as passes:
+        logits, argmax = final_outputs(hm, run)
+    assert len(passes) <= steps + 1
+    expected = [s.logits if recorded_as == "nothing" else s.logits.bfloat16() for s in truth.blocks[0].steps]
+    assert torch.equal(logits, expected[-1].float()) and torch.equal(argmax, truth.blocks[0].steps[-1].argmax)
+
+    run = trajectory()
+    with counted_decoder_passes(model) as passes:
+        rebuilt = [hm.step_inputs(run, 0, s)["self_conditioning_logits"] for s in range(steps)]
+    assert len(passes) <= steps + 1
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt[1:], signals[1:], strict=True))
+
+    run = trajectory()
+    with counted_decoder_passes(model) as passes:
+        rerun = [hm.run_step(run, 0, s) for s in range(steps)]
+    assert len(passes) <= steps + 1
+    assert all(torch.equal(a, s.logits) for a, s in zip(rerun, truth.blocks[0].steps, strict=True))
+
+    run = trajectory()
+    with counted_decoder_passes(model) as passes:
+        _, _, starts = final_outputs_and_signals(hm, run, 0, range(steps))
+    assert len(passes) <= steps + 1
+    assert all(torch.equal(starts[s], signals[s]) for s in range(1, steps))
+
+    backwards = [hm.step_inputs(run, 0, s)["self_conditioning_logits"] for s in (5, 2, 4)]
+    assert all(torch.equal(a, signals[s]) for a, s in zip(backwards, (5, 2, 4), strict=True))
+    weight = model.model.decoder.layers[0].mlp.down_proj.weight
+    with torch.no_grad():
+        weight.mul_(1.5)
+    try:
+        edited = hm.step_inputs(run, 0, 4)["self_conditioning_logits"]
+        run.blocks[0].runtime.signal_memo = None  # the reference: derived from scratch with the edited weight
+        fresh = hm.step_inputs(run, 0, 4)["self_conditioning_logits"]
+    finally:
+        with torch.no_grad():
+            weight.div_(1.5)
+    assert torch.equal(edited, fresh) and not torch.equal(edited, signals[4])

@@ -34,7 +34,7 @@ from diffinterp.core import resid
 from diffinterp.core.hook_shapes import hook_shape
 from diffinterp.core.inputs import as_dtype, check_positions
 from diffinterp.core.memory import budget
-from diffinterp.core.replay import restore_runtime, step_inputs
+from diffinterp.core.replay import note_step_logits, restore_runtime, step_inputs
 from diffinterp.core.sampler import resolve_run_limits, sample
 from diffinterp.records.cache import DenoisingCache, caching_hooks
 
@@ -580,9 +580,22 @@ class HookedDiffusionGemma(HookedRootModule):
             kwargs = self.step_inputs(trajectory, block, step)
             with self.hooks(fwd_hooks, **target), torch.no_grad(), self.context.run("run_step"):
                 self.context.stack, self.context.block, self.context.step = "decoder", block, step
+                unhooked = not _has_torch_hooks(self.model)
                 logits = self.model(**kwargs).logits
                 self.context.raise_if_nonfinite()
-                return logits
+            if unhooked:  # the recorded step's own logits: the next step's signal needs no second pass
+                note_step_logits(self, trajectory, block, step, logits)
+            return logits
+
+
+def _has_torch_hooks(model: nn.Module) -> bool:
+    """Whether any forward (pre-)hook could change a pass of ``model``: diffinterp's, a user's
+    own torch hooks, or torch's global module hooks."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
 def _element_size(name: str, dtype: torch.dtype | None, model_dtype: torch.dtype) -> int:

@@ -7,13 +7,15 @@ KV caches of a trajectory loaded from disk by re-encoding its own tokens.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from diffinterp.core.bottleneck import Bottleneck, apply_bottleneck
 from diffinterp.core.sampler import generation_kwargs, snapshot_cache
-from diffinterp.records.trajectory import BlockRuntime, Trajectory
+from diffinterp.records.trajectory import BlockRuntime, StepRecord, Trajectory
 
 
 def _runtime(trajectory: Trajectory, block: int) -> BlockRuntime:
@@ -26,35 +28,110 @@ def _runtime(trajectory: Trajectory, block: int) -> BlockRuntime:
     return record.runtime
 
 
-def self_conditioning_inputs(hm, trajectory: Trajectory, block: int, upto: int) -> list[torch.Tensor | None]:
-    """The self-conditioning logits fed to steps 0..``upto`` of ``block`` (bookkeeping signal).
+@dataclass
+class SignalMemo:
+    """The self-conditioning signal entering ``step`` of one block, derived for one model state.
 
-    Built from the recorded float32 logits where present; otherwise by re-running the earlier
-    steps of the block on their recorded canvases (teacher-forced, no sampling).
+    Kept on the block's runtime so that visiting a trajectory's steps in order re-runs each earlier
+    step once (S decoder passes for S steps, not S²/2). One signal is held (the size of one step's
+    logits), not all of them. ``model_key`` ties it to the model and its weights: an in-place edit
+    of a parameter bumps its version and the memo is derived again.
     """
+
+    model_key: tuple
+    step: int
+    signal: torch.Tensor | None
+
+
+def _model_key(model: torch.nn.Module) -> tuple:
+    return (id(model), *(p._version for p in model.parameters()))
+
+
+def _next_signal(runtime: BlockRuntime, step, logits: torch.Tensor, previous, bottleneck: Bottleneck, dtype):
+    """The signal entering the step after ``step``, from that step's raw logits (the sampler's rule)."""
+    logits = logits.to(step.canvas_in.device)
+    processed = runtime.logits_processor(
+        runtime.input_ids, logits, cur_step=torch.tensor(step.hf_step, dtype=torch.int32, device=logits.device)
+    )
+    finished_before = ~step.active
+    if previous is not None and finished_before.any():
+        processed = torch.where(finished_before[:, None, None], previous, processed)
+    signal = processed.to(dtype)
+    return apply_bottleneck(bottleneck, signal, previous, step.sampled, step.argmax, finished_before)
+
+
+@dataclass
+class ReplayedStep:
+    """One recorded step re-run: its record, the signal entering it (``[batch, canvas, V]`` or
+    None) and its raw logits ``[batch, canvas, V]`` (the recorded float32 ones, or re-run)."""
+
+    step: StepRecord
+    signal: torch.Tensor | None
+    logits: torch.Tensor
+
+
+def replayed_steps(hm, trajectory: Trajectory, block: int, stop: int | None = None) -> Iterator[ReplayedStep]:
+    """Steps ``0 .. stop - 1`` of ``block`` in order, each with the signal entering it and its logits.
+
+    At most one decoder pass per step (none for a step whose float32 logits were recorded): each
+    step's logits give the next step's signal. Leaves the block's memo at the last step yielded + 1.
+    """
+    runtime = _runtime(trajectory, block)
+    key = _model_key(hm.model)
+    yield from _walk(hm, trajectory, block, SignalMemo(key, 0, runtime.initial_self_conditioning), stop)
+
+
+def _walk(hm, trajectory: Trajectory, block: int, memo: SignalMemo, stop: int | None) -> Iterator[ReplayedStep]:
     record = trajectory.block(block)
-    trajectory.step(block, upto)
     runtime = _runtime(trajectory, block)
     bottleneck = Bottleneck.parse(trajectory.bottleneck)
     dtype = getattr(torch, trajectory.generation["embeddings_dtype"])
-    signals: list[torch.Tensor | None] = [runtime.initial_self_conditioning]
-    for step in record.steps[:upto]:
-        previous = signals[-1]
-        logits = step.logits
+    signal = memo.signal
+    for here in record.steps[memo.step : stop]:
+        logits = here.logits
         if logits is None or logits.dtype != torch.float32:
-            kwargs = _decoder_kwargs(runtime, step.canvas_in, previous, bottleneck)
             with torch.no_grad():
-                logits = hm.model(**kwargs).logits
-        logits = logits.to(step.canvas_in.device)
-        processed = runtime.logits_processor(
-            runtime.input_ids, logits, cur_step=torch.tensor(step.hf_step, dtype=torch.int32, device=logits.device)
-        )
-        finished_before = ~step.active
-        if previous is not None and finished_before.any():
-            processed = torch.where(finished_before[:, None, None], previous, processed)
-        signal = processed.to(dtype)
-        signals.append(apply_bottleneck(bottleneck, signal, previous, step.sampled, step.argmax, finished_before))
-    return signals
+                logits = hm.model(**_decoder_kwargs(runtime, here.canvas_in, signal, bottleneck)).logits
+        yield ReplayedStep(here, signal, logits)
+        signal = _next_signal(runtime, here, logits, signal, bottleneck, dtype)
+        if here.step + 1 < record.n_steps:
+            runtime.signal_memo = SignalMemo(memo.model_key, here.step + 1, signal)
+
+
+def self_conditioning_input(hm, trajectory: Trajectory, block: int, step: int) -> torch.Tensor | None:
+    """The self-conditioning logits fed to ``step`` of ``block`` (bookkeeping signal; None at step 0
+    without an initial signal).
+
+    Built from the recorded float32 logits where present; otherwise by re-running the earlier steps
+    of the block on their recorded canvases (teacher-forced, no sampling), continuing from the last
+    signal derived for this block (:class:`SignalMemo`) when it is not past ``step``.
+    """
+    trajectory.step(block, step)
+    runtime = _runtime(trajectory, block)
+    key = _model_key(hm.model)
+    memo = runtime.signal_memo
+    if memo is None or memo.model_key != key or memo.step > step:
+        memo = SignalMemo(key, 0, runtime.initial_self_conditioning)
+    if memo.step == step:
+        runtime.signal_memo = memo
+        return memo.signal
+    for _ in _walk(hm, trajectory, block, memo, step):
+        pass
+    return runtime.signal_memo.signal
+
+
+def note_step_logits(hm, trajectory: Trajectory, block: int, step: int, logits: torch.Tensor) -> None:
+    """Advance the block's memo past ``step`` with logits just computed for it by an unhooked re-run,
+    so the next step's signal needs no second forward pass. Ignored unless the memo is at ``step``."""
+    runtime = _runtime(trajectory, block)
+    memo = runtime.signal_memo
+    record = trajectory.block(block)
+    if memo is None or memo.step != step or memo.model_key != _model_key(hm.model) or step + 1 >= record.n_steps:
+        return
+    bottleneck = Bottleneck.parse(trajectory.bottleneck)
+    dtype = getattr(torch, trajectory.generation["embeddings_dtype"])
+    signal = _next_signal(runtime, record.steps[step], logits, memo.signal, bottleneck, dtype)
+    runtime.signal_memo = SignalMemo(memo.model_key, step + 1, signal)
 
 
 def _decoder_kwargs(runtime: BlockRuntime, canvas: torch.Tensor, signal, bottleneck: Bottleneck) -> dict[str, Any]:
@@ -72,7 +149,7 @@ def step_inputs(hm, trajectory: Trajectory, block: int, step: int) -> dict[str, 
     """Keyword arguments for ``hm.model(**kwargs)`` that re-run one recorded step exactly."""
     record = trajectory.step(block, step)
     runtime = _runtime(trajectory, block)
-    signal = self_conditioning_inputs(hm, trajectory, block, step)[step]
+    signal = self_conditioning_input(hm, trajectory, block, step)
     return _decoder_kwargs(runtime, record.canvas_in, signal, Bottleneck.parse(trajectory.bottleneck))
 
 

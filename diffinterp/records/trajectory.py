@@ -77,6 +77,7 @@ class BlockRuntime:
     logits_processor: Any
     initial_self_conditioning: torch.Tensor | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    signal_memo: Any = None  # the last self-conditioning signal re-derived (diffinterp.core.replay)
 
 
 @dataclass

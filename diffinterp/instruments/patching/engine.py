@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from diffinterp.core.bottleneck import Bottleneck, apply_bottleneck
-from diffinterp.core.replay import self_conditioning_inputs
 from diffinterp.core.sampler import generation_kwargs, snapshot_cache
-from diffinterp.instruments.patching.metrics import final_outputs
+from diffinterp.instruments.patching.metrics import final_outputs, final_outputs_and_signals
 from diffinterp.instruments.patching.patches import Patch, as_runs
 from diffinterp.records.cache import DenoisingCache
 from diffinterp.records.trajectory import Trajectory
@@ -146,7 +145,7 @@ class _Start:
     history: torch.Tensor | None
 
 
-def _start_state(hm, target: Trajectory, block: int, step: int, stability: int) -> _Start:
+def _start_state(target: Trajectory, block: int, step: int, signal: torch.Tensor | None, stability: int) -> _Start:
     record = target.block(block)
     if not 0 <= step < record.n_steps:
         raise IndexError(
@@ -154,8 +153,6 @@ def _start_state(hm, target: Trajectory, block: int, step: int, stability: int) 
             f"(valid 0..{record.n_steps - 1})"
         )
     here = record.steps[step]
-    with hm.context.quiet():  # a replay of the recorded steps: the patch hooks must not fire in it
-        signal = self_conditioning_inputs(hm, target, block, step)[step]
     argmax = record.steps[step - 1].argmax if step > 0 else here.canvas_in
     history = None
     if stability > 0 and step > 0:
@@ -236,7 +233,9 @@ def _run_group(
     embeddings_dtype = model.model.decoder.embed_tokens.weight.dtype
     vocab = model.config.text_config.vocab_size
     last_step = {"free": config.max_denoising_steps, "chain": record.n_steps, "step": starts[0] + 1}[mode]
-    done_logits, done_argmax = final_outputs(hm, target, block)  # rows finished before their start keep these
+    # One replay of the target: the outputs rows finished before their start keep, and the signal
+    # entering each start step (before the patch hooks attach: they must not fire in it).
+    done_logits, done_argmax, start_signals = final_outputs_and_signals(hm, target, block, starts)
     patcher = _Patcher(hm, source, runs, batch)
     context = hm.context
     device = runtime.input_ids.device
@@ -258,7 +257,7 @@ def _run_group(
             for step in range(starts[0], last_step):
                 joining = sum(1 for start in starts if start == step)
                 if joining:
-                    state = _start_state(hm, target, block, step, stability)
+                    state = _start_state(target, block, step, start_signals.get(step), stability)
                     canvas, argmax = cat(canvas, rep(state.canvas, joining)), cat(argmax, rep(state.argmax, joining))
                     finished = cat(finished, rep(state.finished, joining))
                     new_signal = state.signal

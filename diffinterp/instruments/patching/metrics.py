@@ -3,11 +3,13 @@ and the final outputs of a trajectory they are scored against."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from diffinterp.core.replay import replayed_steps
 from diffinterp.instruments.patching.patches import position_mask
 from diffinterp.records.trajectory import Trajectory
 
@@ -100,15 +102,34 @@ def final_outputs(hm, trajectory: Trajectory, block: int = 0) -> tuple[torch.Ten
     """Each row's last denoising step of ``block``: (raw logits ``[batch, canvas, V]``, argmax canvas ``[batch, canvas]``).
 
     Rows stop at different steps (adaptive stopping); this takes the logits of the step at which
-    each row was last active, re-running steps whose logits were not recorded.
+    each row was last active: the recorded ones, or re-run (one decoder pass per step whose logits
+    were not recorded, user hooks quiet: a replay of the recorded run).
     """
+    logits, argmax, _ = final_outputs_and_signals(hm, trajectory, block, ())
+    return logits, argmax
+
+
+def final_outputs_and_signals(
+    hm, trajectory: Trajectory, block: int, signal_steps: Collection[int]
+) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor | None]]:
+    """:func:`final_outputs` and the self-conditioning signal entering each of ``signal_steps``, from
+    one replay of the block (at most one decoder pass per step; none where float32 logits were recorded)."""
     record = trajectory.block(block)
+    wanted, signals = set(signal_steps), {}
     logits = None
-    for step in record.steps:
-        step_logits = step.logits if step.logits is not None else hm.run_step(trajectory, block, step.step)
-        step_logits = step_logits.float()
-        logits = step_logits.clone() if logits is None else torch.where(step.active[:, None, None], step_logits, logits)
-    return logits, record.steps[-1].argmax
+    with hm.context.claim(), hm.context.quiet():
+        if not wanted and all(step.logits is not None for step in record.steps):
+            replay = ((step, None, step.logits) for step in record.steps)  # nothing to re-run
+        else:
+            replay = ((r.step, r.signal, r.logits) for r in replayed_steps(hm, trajectory, block))
+        for step, signal, rerun in replay:
+            if step.step in wanted:
+                signals[step.step] = signal
+            step_logits = (step.logits if step.logits is not None else rerun).float()
+            logits = (
+                step_logits.clone() if logits is None else torch.where(step.active[:, None, None], step_logits, logits)
+            )
+    return logits, record.steps[-1].argmax, signals
 
 
 def step_outputs(hm, trajectory: Trajectory, block: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
