@@ -150,6 +150,40 @@ def tiny_meta_models():
     return depth_models("tiny")
 
 
+def test_memoised_meta_kernels_give_the_same_reports_as_running_every_kernel(tiny_meta_models):
+    """Two chained denoising steps on the meta device, traced with and without the memo of meta
+    kernel outputs: the same depths, critical path, per-module split and op and unknown-op counts."""
+    from transformers import DynamicCache
+
+    diffusion, _ = tiny_meta_models
+    canvas = diffusion.config.canvas_length
+
+    def trace(memoise: bool):
+        reports = []
+        with torch.no_grad(), DepthTracer(root=diffusion, memoise=memoise) as tracer:
+            cache = DynamicCache(config=diffusion.config.get_text_config(decoder=True))
+            diffusion.model.encoder(input_ids=torch.zeros(1, 6, dtype=torch.long, device="meta"), past_key_values=cache)
+            canvas_ids = torch.zeros(1, canvas, dtype=torch.long, device="meta")
+            positions = torch.arange(6, 6 + canvas, device="meta").unsqueeze(0)
+            signal = None
+            for _ in range(2):
+                logits = diffusion(
+                    decoder_input_ids=canvas_ids,
+                    self_conditioning_logits=signal,
+                    past_key_values=cache,
+                    decoder_position_ids=positions,
+                ).logits
+                reports.append(tracer.report(logits))
+                signal = logits.softmax(-1).log()
+        return reports, len(tracer._meta_outputs)
+
+    memoised, entries = trace(True)
+    plain, none = trace(False)
+    assert entries > 0 and none == 0
+    assert memoised == plain
+    assert memoised[1].depth > memoised[0].depth and sum(memoised[1].op_counts.values()) > 100
+
+
 def test_bottlenecks_cut_the_chain_and_continuous_signal_does_not(tiny_meta_models):
     from diffinterp.depth.accounting import diffusion_step_depths
 

@@ -135,6 +135,41 @@ def test_batched_sweep_equals_loop_of_single_patches(tiny):
     assert batched.values.std() > 0
 
 
+def test_patch_hooks_read_nothing_back_to_the_host(runs, monkeypatch):
+    """Inside a batched sweep's patch hooks no tensor value is read on the host (item, int, bool,
+    tolist: each a device sync on a GPU); the sweep still equals the loop."""
+    from diffinterp.instruments.patching import engine
+
+    hm, clean, cache, corrupt, _, metric = runs
+    calls, inside = [], []
+    original_hook = engine._Patcher._hook
+
+    def watched_hook(self, tensor, hook):
+        inside.append(True)
+        try:
+            return original_hook(self, tensor, hook)
+        finally:
+            inside.pop()
+
+    def refuse(name, original):
+        def method(self, *args, **kwargs):
+            if inside:
+                calls.append(name)
+            return original(self, *args, **kwargs)
+
+        return method
+
+    monkeypatch.setattr(engine._Patcher, "_hook", watched_hook)
+    for name in ("item", "tolist", "__int__", "__bool__", "__index__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse(name, getattr(torch.Tensor, name)))
+    kwargs = dict(hook="decoder.blocks.1.hook_resid_post", steps=[0, 2], positions=[0, 3])
+    batched = pt.step_position_sweep(hm, clean, corrupt, cache, metric, **kwargs)
+    assert not calls, f"host reads inside patch hooks: {sorted(set(calls))}"
+    monkeypatch.undo()
+    loop = pt.step_position_sweep(hm, clean, corrupt, cache, metric, batched=False, **kwargs)
+    assert torch.allclose(batched.values, loop.values, atol=1e-5)
+
+
 def test_step_position_sweep_and_step_mode_equal_loops(runs):
     hm, clean, cache, corrupt, _, metric = runs
     steps = [0, 2, corrupt.block(0).n_steps - 1]

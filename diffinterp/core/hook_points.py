@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules import module as torch_module
 from transformer_lens.hook_points import HookPoint
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
@@ -232,6 +233,28 @@ def check_replacement(hook_point: HookPoint, original: torch.Tensor, new: Any) -
     return new
 
 
+def _call_hook_point(hook_point: HookPoint, activation: torch.Tensor):
+    """``hook_point(activation)``: the identity module's forward hooks (TransformerLens's wrappers of
+    the user hooks), each given the previous one's result. When those are all it has (no backward,
+    pre- or keyword hooks on it, no global module hooks), they are called directly: what
+    ``nn.Module.__call__`` does for them, without its second pass through the hook machinery on
+    every call (a caching run makes one call per hook per step)."""
+    if (
+        hook_point._backward_hooks
+        or hook_point._backward_pre_hooks
+        or hook_point._forward_pre_hooks
+        or hook_point._forward_hooks_with_kwargs
+        or torch_module._has_any_global_hook()
+    ):
+        return hook_point(activation)
+    args, result = (activation,), activation
+    for hook in tuple(hook_point._forward_hooks.values()):
+        replaced = hook(hook_point, args, result)
+        if replaced is not None:
+            result = replaced
+    return result
+
+
 def _fire(hook_point: HookPoint, activation: torch.Tensor) -> torch.Tensor | None:
     """Run the hook point's user hooks; the validated replacement, or None if unchanged."""
     context = getattr(hook_point, "_context", None)
@@ -240,7 +263,7 @@ def _fire(hook_point: HookPoint, activation: torch.Tensor) -> torch.Tensor | Non
     if context is not None:
         outer, context.firing = context.firing, hook_point.name
     try:
-        result = hook_point(activation)
+        result = _call_hook_point(hook_point, activation)
     finally:
         if context is not None:
             context.firing = outer

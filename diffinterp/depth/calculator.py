@@ -151,11 +151,14 @@ class DepthTracer(TorchDispatchMode):
     """Propagates serial depth through every ATen op run inside the ``with`` block.
 
     ``root`` names modules for ``by_module`` (ops are attributed to the innermost module running);
-    ``reset_ops`` are the ops whose outputs count as interpretable token choices.
+    ``reset_ops`` are the ops whose outputs count as interpretable token choices. ``memoise``:
+    replay the meta kernel's output for a call that repeats an earlier one's op and argument
+    shapes (functional ops only; the results are the same, about 4x faster on the real config).
     """
 
-    def __init__(self, root: nn.Module | None = None, reset_ops: Iterable[str] = RESETS):
+    def __init__(self, root: nn.Module | None = None, reset_ops: Iterable[str] = RESETS, *, memoise: bool = True):
         super().__init__()
+        self.memoise = memoise
         self._nodes: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self._names = {id(m): name or type(m).__name__ for name, m in root.named_modules()} if root else {}
         self._stack: list[str] = []
@@ -164,6 +167,10 @@ class DepthTracer(TorchDispatchMode):
         self.reset_ops = frozenset(reset_ops)
         self.op_counts: Counter[str] = Counter()
         self.unknown_ops: Counter[str] = Counter()
+        # (op, argument shapes and values) -> what its meta kernel returned and the per-output
+        # costs: a traced step repeats the same ops on the same shapes, layer after layer and
+        # step after step, and the meta kernels (Python reference implementations) dominate.
+        self._meta_outputs: dict[tuple, tuple] = {}
 
     # ------------------------------------------------------------------ context
     def __enter__(self):
@@ -245,12 +252,22 @@ class DepthTracer(TorchDispatchMode):
         if func in DECOMPOSED and func in decomposition_table:
             with self:
                 return decomposition_table[func](*args, **kwargs)
-        out = func(*args, **kwargs)
         name = func.overloadpacket.__name__
         in_place = name.endswith("_") and not name.startswith("_")
         base_name = name.rstrip("_") if in_place else name
+        flat, _ = tree_flatten((args, kwargs))
+        key = _memo_key(func, flat) if self.memoise and not in_place and _returns_fresh_tensors(func) else None
+        memo = self._meta_outputs.get(key) if key is not None else None
+        if memo is not None:
+            spec, costs, unknown = memo
+            out = _rebuild(spec)
+            if unknown:
+                self.unknown_ops[base_name] += unknown  # as _cost counts them on every call
+        else:
+            out = func(*args, **kwargs)
+            costs = None
         self.op_counts[base_name] += 1
-        inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        inputs = [t for t in flat if isinstance(t, torch.Tensor)]
         parent = None
         for tensor in inputs:
             node = self._nodes.get(tensor)
@@ -260,8 +277,12 @@ class DepthTracer(TorchDispatchMode):
         module = self._stack[-1] if self._stack else ""
         targets = [args[0]] if in_place and args and isinstance(args[0], torch.Tensor) else None
         outputs = targets or [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-        for index, tensor in enumerate(outputs):
-            cost, resets = self._cost(base_name, func, args, kwargs, index)
+        if costs is None:
+            unknown = self.unknown_ops[base_name]
+            costs = [self._cost(base_name, func, args, kwargs, index) for index in range(len(outputs))]
+            if key is not None and all(t.device.type == "meta" for t in outputs):
+                self._meta_outputs[key] = (_spec(out), costs, self.unknown_ops[base_name] - unknown)
+        for tensor, (cost, resets) in zip(outputs, costs, strict=True):
             if resets or base_name in CREATION:
                 self._nodes[tensor] = Node(base_name, module, 0, 0)
             else:
@@ -337,6 +358,48 @@ _ELEMENTWISE_KNOWN = frozenset(
     nan_to_num hardtanh threshold silu leaky_relu elu softplus mish hypot atan2 true_divide copysign
     heaviside xlogy sgn frac signbit logaddexp""".split()
 )
+
+
+def _returns_fresh_tensors(func) -> bool:
+    """An op that mutates nothing and returns new tensors (no views or aliases of its inputs):
+    its output is determined by the inputs' metadata, so a memo may stand in for the kernel."""
+    schema = func._schema
+    return not schema.is_mutable and all(ret.alias_info is None for ret in schema.returns)
+
+
+def _memo_key(func, flat: list) -> tuple | None:
+    """A hashable description of a call (tensors by shape, stride, dtype, device), or None."""
+    parts: list = [func]
+    for value in flat:
+        if isinstance(value, torch.Tensor):
+            if value.device.type != "meta":
+                return None  # real values can decide the output (e.g. a scalar tensor's shape use)
+            parts.append(("T", tuple(value.shape), value.stride(), value.dtype, value.storage_offset()))
+        elif value is None or isinstance(
+            value, (bool, int, float, str, torch.dtype, torch.device, torch.memory_format, torch.layout)
+        ):
+            parts.append(value)
+        else:
+            return None
+    return tuple(parts)
+
+
+def _spec(out):
+    """The structure of an op's output, each tensor as (shape, stride, dtype)."""
+    if isinstance(out, torch.Tensor):
+        return ("T", tuple(out.shape), out.stride(), out.dtype)
+    if isinstance(out, (tuple, list)):
+        return (type(out), tuple(_spec(item) for item in out))
+    return ("V", out)
+
+
+def _rebuild(spec):
+    kind = spec[0]
+    if kind == "T":
+        return torch.empty_strided(spec[1], spec[2], dtype=spec[3], device="meta")
+    if kind == "V":
+        return spec[1]
+    return kind(tuple(_rebuild(item) for item in spec[1]))  # tuple, list or a torch.return_types
 
 
 def serial_depth(

@@ -12,6 +12,7 @@ to canvas ``positions``, the stored tensors hold only those positions, in that o
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -56,20 +57,24 @@ class DenoisingCache:
             )
 
     def add(self, name: str, step: int | None, block: int, tensor: torch.Tensor) -> None:
-        """Store one activation (a detached copy, moved and cast as configured)."""
-        nbytes = tensor.numel() * (
-            tensor.element_size()
-            if self.dtype is None or not tensor.is_floating_point()
-            else torch.empty((), dtype=self.dtype).element_size()
-        )
-        self.check_budget(self._nbytes + nbytes, what=f"storing '{name}' at step {step}, block {block}")
-        dtype = self.dtype if self.dtype is not None and tensor.is_floating_point() else None
-        stored = tensor.detach().to(device=self.device, dtype=dtype, copy=True)
+        """Store one activation (a detached copy, moved and cast as configured).
+
+        Called once per hook call of a caching run, so kept lean: the budget message is built
+        only when it is needed, and a copy that neither moves nor casts is a plain ``clone``."""
+        cast = self.dtype is not None and tensor.is_floating_point() and tensor.dtype != self.dtype
+        nbytes = tensor.numel() * (_element_size(self.dtype) if cast else tensor.element_size())
+        if self.max_bytes is not None and self._nbytes + nbytes > self.max_bytes:
+            self.check_budget(self._nbytes + nbytes, what=f"storing '{name}' at step {step}, block {block}")
+        if cast or (self.device is not None and self.device != tensor.device):
+            stored = tensor.detach().to(device=self.device, dtype=self.dtype if cast else None, copy=True)
+        else:
+            stored = tensor.detach().clone()
         key = (name, step, block)
-        if key in self._store:
-            self._nbytes -= self._store[key].numel() * self._store[key].element_size()
+        previous = self._store.get(key)
+        if previous is not None:
+            self._nbytes -= previous.numel() * previous.element_size()
         self._store[key] = stored
-        self._nbytes += stored.numel() * stored.element_size()
+        self._nbytes += nbytes
 
     # ------------------------------------------------------------------ reading
     def __len__(self) -> int:
@@ -287,6 +292,11 @@ def _layer_of(template: str, name: str) -> int | None:
     head, tail = template.split("{layer}")
     middle = name[len(head) : len(name) - len(tail)] if name.startswith(head) and name.endswith(tail) else ""
     return int(middle) if middle.isdigit() else None
+
+
+@functools.cache
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
 
 
 def human_bytes(nbytes: float) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -89,6 +90,7 @@ class _Patcher:
 
     def __init__(self, hm, source: DenoisingCache, runs: list[list[Patch]], batch: int):
         self.hm, self.source, self.runs, self.batch = hm, source, runs, batch
+        self.rows, self.copies = torch.zeros(0, dtype=torch.long), 0  # set before each forward pass
         self.table: dict[tuple[str, int, int], list[tuple[int, Patch]]] = {}
         for index, run in enumerate(runs):
             for patch in run:
@@ -108,12 +110,13 @@ class _Patcher:
         return [(name, self._hook) for name in self.names]
 
     def _hook(self, tensor: torch.Tensor, hook) -> torch.Tensor | None:
-        """Rows of the forward are ``self.rows`` (indices into copies × prompts, copy-major)."""
+        """Rows of the forward are ``self.rows`` (indices into copies × prompts, copy-major) of the
+        ``self.copies`` runs joined so far: both set by the caller before each forward pass, so the
+        hook reads no device value back to the host."""
         entries = self.table.get((hook.name, hook.step, hook.block))
         if not entries:
             return None
-        rows = self.rows.to(tensor.device)
-        copies = int(rows.max()) // self.batch + 1 if rows.numel() else 0
+        rows, copies = self.rows.to(tensor.device), self.copies
         entries = [(index, patch) for index, patch in entries if index < copies]
         if not entries:
             return None
@@ -190,6 +193,21 @@ def _index_kv_cache(cache, rows: torch.Tensor):
     return indexed
 
 
+def _prompt_inputs(runtime, prompts: torch.Tensor, batch: int) -> tuple[Any, dict[str, Any]]:
+    """The decoder inputs that depend only on which prompt each row is: its KV cache, masks,
+    position ids and extra model arguments, gathered for ``prompts``."""
+    static = {
+        "decoder_attention_mask": {k: _index_rows(v, prompts, batch) for k, v in runtime.mask_mapping.items()},
+        "decoder_position_ids": _index_rows(runtime.decoder_position_ids, prompts, batch),
+        **{k: _index_rows(v, prompts, batch) for k, v in runtime.model_kwargs.items()},
+    }
+    return _index_kv_cache(runtime.past_key_values, prompts), static
+
+
+def _same_rows(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and bool(torch.equal(a, b))
+
+
 def _index_rows(tensor, rows: torch.Tensor, batch: int):
     """``tensor[rows]`` for per-prompt tensors (leading dim ``batch``); others unchanged."""
     if not isinstance(tensor, torch.Tensor) or tensor.dim() == 0 or tensor.shape[0] != batch:
@@ -245,6 +263,7 @@ def _run_group(
 
     copies = 0
     canvas = signal = argmax = finished = final_logits = final_argmax = history = None
+    prompt_inputs = None  # (rows' prompt indices, their gathered KV cache and masks)
 
     def rep(tensor, n):
         return _repeat_rows(tensor, n, batch)
@@ -290,20 +309,21 @@ def _run_group(
                     canvas, finished = rep(recorded.canvas_in, copies), rep(~recorded.active, copies)
                 rows = (~finished).nonzero().flatten() if mode == "free" else torch.arange(total, device=device)
                 prompts = rows % batch
-                patcher.rows = rows
+                patcher.rows, patcher.copies = rows, copies
                 if rows.numel():
+                    if prompt_inputs is None or not _same_rows(prompt_inputs[0], prompts):
+                        # the prompts' KV cache and masks, gathered for these rows once, not every step
+                        prompt_inputs = (prompts, _prompt_inputs(runtime, prompts, batch))
+                    indexed_kv, static = prompt_inputs[1]
                     context.stack, context.block, context.step = "decoder", block, step
                     kwargs = {
                         "decoder_input_ids": canvas[rows].clone(),
                         "self_conditioning_logits": signal[rows]
                         if bottleneck.feeds_signal and signal is not None
                         else None,
-                        "decoder_attention_mask": {
-                            k: _index_rows(v, prompts, batch) for k, v in runtime.mask_mapping.items()
-                        },
-                        "past_key_values": _index_kv_cache(runtime.past_key_values, prompts),
-                        "decoder_position_ids": _index_rows(runtime.decoder_position_ids, prompts, batch),
-                        **{k: _index_rows(v, prompts, batch) for k, v in runtime.model_kwargs.items()},
+                        **static,
+                        "decoder_attention_mask": dict(static["decoder_attention_mask"]),
+                        "past_key_values": snapshot_cache(indexed_kv),  # a forward may extend its own copy
                     }
                     raw = model(**kwargs).logits
                     context.stack = context.block = context.step = None
