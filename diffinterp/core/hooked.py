@@ -142,6 +142,9 @@ class HookedDiffusionGemma(HookedRootModule):
         self._pattern_hooks_attached = 0
         self._warned_eager = False
         self._targets: list[HookTarget] = []
+        # hook shapes by (name, batch, prompt_len, block): sizing a cache before every caching run
+        # recomputes the same few dozen (the config never changes under a HookedDiffusionGemma)
+        self._shapes: dict[tuple[str, int, int, int], tuple[int, ...]] = {}
         self.decoder = self._build_stack("decoder")
         self.encoder = self._build_stack("encoder")
         self.setup()
@@ -529,7 +532,10 @@ class HookedDiffusionGemma(HookedRootModule):
             point, element = self.hook_dict[name], _element_size(name, dtype, self.model.dtype)
 
             def shape(block: int, name: str = name) -> list[int]:
-                return list(hook_shape(self.config, name, batch=batch, prompt_len=prompt_len, block=block))
+                key = (name, batch, prompt_len, block)
+                if key not in self._shapes:
+                    self._shapes[key] = hook_shape(self.config, name, batch=batch, prompt_len=prompt_len, block=block)
+                return list(self._shapes[key])
 
             first = shape(block_ids[0])
             if positions is not None:
