@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,10 +34,12 @@ from diffinterp.core import hook_points as hp
 from diffinterp.core import resid
 from diffinterp.core.hook_shapes import hook_shape
 from diffinterp.core.inputs import as_dtype, check_positions
-from diffinterp.core.memory import budget
+from diffinterp.core.memory import budget, disk_budget
 from diffinterp.core.replay import note_step_logits, restore_runtime, step_inputs
 from diffinterp.core.sampler import resolve_run_limits, sample
 from diffinterp.records.cache import DenoisingCache, caching_hooks
+from diffinterp.records.files import atomic_folder
+from diffinterp.records.streamed import DEFAULT_SHARD_BYTES, StreamedCache
 
 NameOrFilter = str | Sequence[str] | Callable[[str], bool]
 HookFn = Callable[..., Any]
@@ -473,6 +476,8 @@ class HookedDiffusionGemma(HookedRootModule):
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         max_bytes: int | str | None = "auto",
+        store: str | Path | None = None,
+        shard_bytes: int = DEFAULT_SHARD_BYTES,
         **gen_kwargs,
     ):
         """Generate and record activations at every (step, block); ``(trajectory, cache)``.
@@ -481,14 +486,23 @@ class HookedDiffusionGemma(HookedRootModule):
         positions) select what is stored; ``device`` / ``dtype`` where and how. ``max_bytes`` raises
         before the run if the cache could exceed it: ``"auto"`` (default) is 80% of the memory free
         where the cache goes (:mod:`diffinterp.core.memory`), an int a budget, ``None`` no check.
+
+        ``store=DIR`` streams the cache to disk as the run produces it
+        (:mod:`diffinterp.records.streamed`): at most ``shard_bytes`` (default 256 MiB) plus one
+        activation is held in memory; the returned cache reads from the shards, and
+        ``DenoisingCache.load(DIR)`` opens the folder later. The folder appears whole when the run
+        ends (an earlier one there is replaced); after an error it is left as it was. ``max_bytes``
+        then bounds the disk the cache may take (``"auto"``: 80% of the free disk space).
         """
 
         names = self.resolve_names(names_filter)
         check_positions(positions if positions is None or not isinstance(positions, int) else [positions],
                         self.config.canvas_length)  # fmt: skip
         dtype = as_dtype(dtype, "dtype")
-        limit = budget(max_bytes, device if device is not None else self.model.device)
-        cache = DenoisingCache(device=device, dtype=dtype, max_bytes=limit)
+        if store is not None and device not in (None, "cpu", torch.device("cpu")):
+            raise ValueError(f"store= writes the cache to disk from the CPU; drop device={device!r} (or store=)")
+        limit = disk_budget(max_bytes, store) if store is not None else budget(max_bytes, device or self.model.device)
+        cache = DenoisingCache(device=device, dtype=dtype, max_bytes=None if store is not None else limit)
         target = HookTarget.build(steps, blocks, positions)
         if limit is not None:
             estimate = self.estimate_cache_bytes(
@@ -501,9 +515,17 @@ class HookedDiffusionGemma(HookedRootModule):
                 **gen_kwargs,
             )
             cache.check_budget(estimate, what="the estimated cache for this run")
-        fwd = caching_hooks(cache, names, target.positions)
-        with self.hooks(fwd, steps=steps, blocks=blocks):
-            trajectory = self.generate(input_ids, **gen_kwargs)
+        if store is None:
+            fwd = caching_hooks(cache, names, target.positions)
+            with self.hooks(fwd, steps=steps, blocks=blocks):
+                trajectory = self.generate(input_ids, **gen_kwargs)
+            return trajectory, cache
+        with atomic_folder(store) as folder:  # the folder appears whole at the end, or not at all
+            cache = StreamedCache(folder, shard_bytes=shard_bytes, dtype=dtype)
+            with self.hooks(caching_hooks(cache, names, target.positions), steps=steps, blocks=blocks):
+                trajectory = self.generate(input_ids, **gen_kwargs)
+            cache.finish()
+        cache.relocate(store)
         return trajectory, cache
 
     def estimate_cache_bytes(

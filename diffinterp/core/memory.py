@@ -10,6 +10,7 @@ turns the check off; an integer sets the budget.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -40,6 +41,17 @@ def budget(max_bytes: int | str | None, device: str | torch.device | None) -> in
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
         raise ValueError(f"max_bytes must be a non-negative int, 'auto' or None, got {max_bytes!r}")
     return max_bytes
+
+
+def disk_budget(max_bytes: int | str | None, folder: str | Path) -> int | None:
+    """The byte budget of a cache streamed to ``folder``: ``"auto"`` = :data:`SAFETY` x the free
+    disk space where it goes (its nearest existing parent)."""
+    if max_bytes != "auto":
+        return budget(max_bytes, "cpu")
+    place = Path(folder).resolve()
+    while not place.exists():
+        place = place.parent
+    return int(SAFETY * shutil.disk_usage(place).free)
 
 
 def logits_bytes(batch: int, canvas: int, vocab: int, steps: int, blocks: int, dtype: torch.dtype | None) -> int:

@@ -13,15 +13,21 @@ to canvas ``positions``, the stored tensors hold only those positions, in that o
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from diffinterp.records.serialization import load_records, require, require_keys, save_records
+from diffinterp.records.serialization import RecordError, load_records, require, require_keys, save_records
 
 KIND = "diffinterp.DenoisingCache"
+# A cache streamed to a folder (diffinterp.records.streamed writes it; load_store reads it).
+INDEX = "index.json"
+STORE_FORMAT = "diffinterp.DenoisingCache.store"
+SHARD_KIND = "diffinterp.DenoisingCache.shard"
+STORE_VERSION = 1
 Key = tuple[str, int | None, int]
 
 
@@ -237,7 +243,10 @@ class DenoisingCache:
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> DenoisingCache:
         """Read a cache saved by :meth:`save` (its tensors are used as read, not copied again; moved to
         ``device`` if given); a :class:`~diffinterp.records.serialization.RecordError` names the field
-        of any file that does not match its own description."""
+        of any file that does not match its own description. A folder written by
+        ``run_with_cache(store=...)`` opens the same way (:func:`diffinterp.records.streamed.load_store`)."""
+        if Path(path).is_dir():
+            return load_store(path, device)
         tensors, meta = load_records(path, KIND)
         require_keys(path, meta, ("entries", "positions"), "meta")
         entries, positions = meta["entries"], meta["positions"]
@@ -261,6 +270,42 @@ class DenoisingCache:
             cache._store[key] = tensor if device is None else tensor.to(device)
             cache._nbytes += tensor.numel() * tensor.element_size()
         return cache
+
+
+def load_store(folder: str | Path, device=None) -> DenoisingCache:
+    """Open a folder written by ``run_with_cache(store=...)`` (a ``StreamedCache``): every shard checked, tensors mapped from disk."""
+    folder = Path(folder)
+    index_file = folder / INDEX
+    if not index_file.is_file():
+        raise FileNotFoundError(f"{folder} has no {INDEX}: not a cache folder written by run_with_cache(store=...)")
+    try:
+        index = json.loads(index_file.read_text())
+    except json.JSONDecodeError as err:
+        raise RecordError(index_file, "file", f"not valid JSON ({err})") from err
+    require(index_file, isinstance(index, dict) and index.get("format") == STORE_FORMAT, "format",
+            f"must be '{STORE_FORMAT}'")  # fmt: skip
+    require(index_file, index.get("version") == STORE_VERSION, "version",
+            f"{index.get('version')}; this diffinterp reads version {STORE_VERSION}")  # fmt: skip
+    shards, entries, positions = index.get("shards"), index.get("entries"), index.get("positions")
+    require(index_file, isinstance(shards, list) and isinstance(entries, list), "shards/entries", "must be lists")
+    cache = DenoisingCache(device=device, positions=tuple(positions) if positions is not None else None)
+    loaded = [load_records(folder / shard, SHARD_KIND)[0] for shard in shards]
+    for number, entry in enumerate(entries):
+        ok = isinstance(entry, list) and len(entry) == 5 and isinstance(entry[0], str) and isinstance(entry[3], int)
+        ok = ok and 0 <= entry[3] < len(loaded) and entry[4] in loaded[entry[3]]
+        require(
+            index_file,
+            ok,
+            f"entries[{number}]",
+            f"must be [name, step, block, shard, tensor] of a stored tensor, got {entry!r}",
+        )
+        name, step, block, shard, tensor_name = entry
+        key = (name, step, block)
+        require(index_file, key not in cache._store, f"entries[{number}]", f"{key} is listed twice")
+        tensor = loaded[shard][tensor_name]
+        cache._store[key] = tensor if device is None else tensor.to(device)
+        cache._nbytes += tensor.numel() * tensor.element_size()
+    return cache
 
 
 def caching_hooks(cache: DenoisingCache, names: list[str], positions: tuple[int, ...] | None) -> list[tuple]:
