@@ -144,6 +144,8 @@ def load_hf_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    offload_folder: str | Path | None = None,
     generation_config=None,
 ) -> DiffusionGemmaForBlockDiffusion:
     """Load the bare transformers model from an HF folder or a bundled model's name (default:
@@ -151,7 +153,9 @@ def load_hf_model(
 
     The folder must hold its sampler settings (``generation_config.json``) unless
     ``generation_config`` (a ``DiffusionGemmaGenerationConfig``) is given; weights with NaN or
-    infinite values are refused.
+    infinite values are refused. ``device_map`` / ``max_memory`` / ``offload_folder`` go to
+    accelerate through transformers: ``device_map="auto", max_memory={0: "70GiB", "cpu": "200GiB"}``
+    splits the model over devices and offloads what does not fit to the CPU, then to disk.
     """
     folder = resolve_model_path(path)
     validate_checkpoint_folder(folder)
@@ -159,11 +163,17 @@ def load_hf_model(
         check_generation_config(folder)
     if device is not None and device_map is not None:
         raise ValueError("give either device= or device_map=, not both (device_map='auto' shards over GPUs)")
+    if (max_memory is not None or offload_folder is not None) and device_map is None:
+        raise ValueError("max_memory= and offload_folder= place a model split by device_map=: add device_map='auto'")
     kwargs: dict[str, Any] = {"use_safetensors": True}
     if dtype is not None:
         kwargs["dtype"] = dtype
     if device_map is not None:
         kwargs["device_map"] = device_map
+    if max_memory is not None:
+        kwargs["max_memory"] = max_memory
+    if offload_folder is not None:
+        kwargs["offload_folder"] = str(offload_folder)
     try:
         model, info = DiffusionGemmaForBlockDiffusion.from_pretrained(str(folder), output_loading_info=True, **kwargs)
     except (OSError, RuntimeError, ValueError, SafetensorError) as err:
@@ -196,6 +206,8 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    offload_folder: str | Path | None = None,
     generation_config=None,
 ):
     """Load a bundled model by name (``"latin"``; default :data:`DEFAULT_MODEL`) or an HF DiffusionGemma
@@ -203,10 +215,18 @@ def load_model(
 
     ``generation_config`` sets the sampler (required when the folder has none, see
     :func:`load_hf_model`). ``device_map="auto"`` is passed to transformers/accelerate, so the 26B
-    model shards over GPUs;
+    model shards over GPUs (``max_memory`` / ``offload_folder``: CPU and disk offload, docs/real-model.md);
     activations of different layers then live on different devices, and caches gather them on
     the device the caller asks for.
     """
 
-    model = load_hf_model(path, device=device, dtype=dtype, device_map=device_map, generation_config=generation_config)
+    model = load_hf_model(
+        path,
+        device=device,
+        dtype=dtype,
+        device_map=device_map,
+        max_memory=max_memory,
+        offload_folder=offload_folder,
+        generation_config=generation_config,
+    )
     return HookedDiffusionGemma(model, tokenizer=load_tokenizer(path), metadata=checkpoint_metadata(path))
