@@ -26,7 +26,13 @@ def register(commands) -> None:
     study.add_argument(
         "--model", default=None, help="a bundled organism or a DiffusionGemma folder (default: the study's organisms)"
     )
-    study.add_argument("--n", type=int, default=100, help="examples per task")
+    study.add_argument(
+        "--n",
+        "--examples",
+        type=int,
+        default=100,
+        help="examples per task (--examples: the spelling torchrun passes on)",
+    )
     study.add_argument("--out", default=None, help="output folder (default: out/NAME)")
     study.add_argument("--seed", type=int, default=0, help="seed of the prompts and the sampler (default 0)")
     study.add_argument("--quick", action="store_true", help="the short version `diffinterp demo` runs")
@@ -67,10 +73,13 @@ def study_options(run, args) -> dict:
 def cmd_case_study(args) -> int:
     """Run a case study and write its metrics and figures."""
     import json
+    import tempfile
+    from pathlib import Path
 
     import torch
 
     from diffinterp.core.loading import load_model
+    from diffinterp.studies.distributed import process_group
     from diffinterp.studies.registry import load_study
 
     if args.n < 1:
@@ -78,10 +87,17 @@ def cmd_case_study(args) -> int:
     study = load_study(args.name)
     options = study_options(study.run, args)
     out = args.out or f"out/{args.name.replace('-', '_')}"
-    torch.manual_seed(args.seed)
-    model = load_model(args.model) if args.model is not None else None  # None: the study's own organism(s)
-    metrics = study.run(model, n=args.n, out_dir=out, seed=args.seed, quick=args.quick, **options)
+    with process_group() as (rank, size):  # torchrun: the prompt batches are split over the processes
+        torch.manual_seed(args.seed)
+        model = load_model(args.model) if args.model is not None else None  # None: the study's own organism(s)
+        with tempfile.TemporaryDirectory(prefix="diffinterp-rank-") as scratch:
+            # every process computes the whole study from the gathered batches; only rank 0 keeps what it writes
+            folder = out if rank == 0 else str(Path(scratch) / "out")
+            metrics = study.run(model, n=args.n, out_dir=folder, seed=args.seed, quick=args.quick, **options)
+    if rank != 0:
+        return 0
     summary = metrics.get("summary", {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))})
     print(json.dumps(summary, indent=2, default=str))
-    print(f"wrote {out}/metrics.json and figures")
+    where = f" (prompt batches split over {size} processes)" if size > 1 else ""
+    print(f"wrote {out}/metrics.json and figures{where}")
     return 0

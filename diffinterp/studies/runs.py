@@ -19,6 +19,7 @@ from diffinterp.organisms.tokenizer import normalize_text
 from diffinterp.records.cache import DenoisingCache
 from diffinterp.records.decoding import decode_output
 from diffinterp.records.trajectory import Trajectory
+from diffinterp.studies.distributed import gather_in_order, world
 from diffinterp.studies.prompts import PromptSet, uses_toy_tokenizer
 
 DEFAULT_BATCH_SIZE = 64
@@ -98,44 +99,64 @@ def run_prompt_set(
     first block as they are computed, and the batch's ``reduced`` maps step -> value: a per-step
     summary (tokens above a threshold, the EOS probability) without keeping anything
     vocabulary-sized, as the 26B model needs.
+
+    Under torchrun (:mod:`diffinterp.studies.distributed`) each process runs every N-th chunk and
+    then yields all of them, in order, exactly as one process would.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if hm.model.generation_config.max_new_tokens is None and "max_length" not in gen_kwargs:
         gen_kwargs.setdefault("max_new_tokens", hm.config.canvas_length)  # one canvas unless told
-    for start in range(0, len(prompts), batch_size):
-        rows = list(range(start, min(start + batch_size, len(prompts))))
-        chunk = prompts.subset(rows)
-        reduced: dict[int, Any] = {}
-        hooks = []
-        if reduce_logits is not None:
+    chunk_kwargs = dict(names_filter=names_filter, seed=seed, reduce_logits=reduce_logits, gen_kwargs=gen_kwargs)
+    starts = range(0, len(prompts), batch_size)
+    rank, size = world()
+    if size == 1:
+        for start in starts:
+            yield _run_chunk(hm, prompts, list(range(start, min(start + batch_size, len(prompts)))), **chunk_kwargs)
+        return
+    # torchrun: this process runs every size-th chunk; all processes then see every chunk, in order
+    mine = [
+        _run_chunk(hm, prompts, list(range(start, min(start + batch_size, len(prompts)))), **chunk_kwargs)
+        for index, start in enumerate(starts)
+        if index % size == rank
+    ]
+    yield from gather_in_order(mine, key=lambda batch: batch.rows[0])
 
-            def collect(logits, hook, into=reduced):
-                if hook.block == 0 and hook.step is not None:
-                    into[hook.step] = reduce_logits(logits.detach(), hook.step)
 
-            hooks = [("decoder.hook_logits", collect)]
-        torch.manual_seed(seed + start)
-        with hm.hooks(fwd_hooks=hooks):
-            if names_filter is not None:
-                trajectory, cache = hm.run_with_cache(
-                    chunk.input_ids, names_filter, attention_mask=chunk.attention_mask, **gen_kwargs
-                )
-            else:
-                trajectory = hm.generate(chunk.input_ids, attention_mask=chunk.attention_mask, **gen_kwargs)
-                cache = None
-        new = trajectory.sequences[:, trajectory.prompt_len :]
-        predictions = [decode_output(hm, row) for row in new]
-        yield StudyBatch(
-            rows,
-            chunk,
-            trajectory,
-            cache,
-            predictions,
-            score_predictions(hm, predictions, chunk.answers, chunk.task, chunk.texts),
-            seed + start,
-            reduced,
-        )
+def _run_chunk(hm, prompts: PromptSet, rows: list[int], *, names_filter, seed, reduce_logits, gen_kwargs) -> StudyBatch:
+    """One chunk of ``prompts``, seeded by its first row (whichever process runs it)."""
+    start = rows[0]
+    chunk = prompts.subset(rows)
+    reduced: dict[int, Any] = {}
+    hooks = []
+    if reduce_logits is not None:
+
+        def collect(logits, hook, into=reduced):
+            if hook.block == 0 and hook.step is not None:
+                into[hook.step] = reduce_logits(logits.detach(), hook.step)
+
+        hooks = [("decoder.hook_logits", collect)]
+    torch.manual_seed(seed + start)
+    with hm.hooks(fwd_hooks=hooks):
+        if names_filter is not None:
+            trajectory, cache = hm.run_with_cache(
+                chunk.input_ids, names_filter, attention_mask=chunk.attention_mask, **gen_kwargs
+            )
+        else:
+            trajectory = hm.generate(chunk.input_ids, attention_mask=chunk.attention_mask, **gen_kwargs)
+            cache = None
+    new = trajectory.sequences[:, trajectory.prompt_len :]
+    predictions = [decode_output(hm, row) for row in new]
+    return StudyBatch(
+        rows,
+        chunk,
+        trajectory,
+        cache,
+        predictions,
+        score_predictions(hm, predictions, chunk.answers, chunk.task, chunk.texts),
+        seed + start,
+        reduced,
+    )
 
 
 def rerun_kwargs(batch: StudyBatch) -> dict[str, Any]:

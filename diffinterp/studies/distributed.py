@@ -1,0 +1,60 @@
+"""Prompt sets split over processes: ``torchrun --nproc-per-node N -m diffinterp.cli case-study ...``.
+
+Every batch of a prompt set is seeded by its first row (``seed + row``), so its result does not
+depend on which process runs it. Under torchrun each process runs every N-th batch
+(:func:`diffinterp.studies.runs.run_prompt_set`), the batches are exchanged
+(``all_gather_object``), and every process continues with all of them in order: the study's
+metrics are those of one process, and only rank 0 writes them (:func:`is_writer`).
+
+The process group is the one torchrun describes in the environment (``WORLD_SIZE``, ``RANK``,
+``MASTER_ADDR`` …); gloo on CPU, NCCL on GPUs. Nothing here runs without it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the process group this process is in; (0, 1) outside one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_writer() -> bool:
+    """Whether this process writes results (rank 0, or the only process)."""
+    return world()[0] == 0
+
+
+@contextmanager
+def process_group() -> Iterator[tuple[int, int]]:
+    """Join the process group torchrun set up in the environment (``WORLD_SIZE`` > 1) for the
+    body, and leave it after; without torchrun, nothing. Yields (rank, world size)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+        yield world()
+        return
+    if not dist.is_available():
+        raise RuntimeError("WORLD_SIZE > 1 but this torch has no torch.distributed: run one process")
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        yield world()
+    finally:
+        dist.destroy_process_group()
+
+
+def gather_in_order(local: list[Any], key: Callable[[Any], Any]) -> list[Any]:
+    """Every process's ``local`` items, merged in ``key`` order, on every process (unchanged
+    outside a process group)."""
+    _, size = world()
+    if size == 1:
+        return local
+    parts: list[list[Any] | None] = [None] * size
+    dist.all_gather_object(parts, local)
+    return sorted((item for part in parts for item in part), key=key)
