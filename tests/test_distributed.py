@@ -19,7 +19,7 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 SHARDED = """
 import sys, torch
 import diffinterp as di
-from diffinterp.studies.distributed import process_group
+from diffinterp.core.distributed import process_group
 from diffinterp.studies.prompts import prompt_set
 from diffinterp.studies.runs import run_prompt_set
 
@@ -72,3 +72,20 @@ def test_a_study_under_torchrun_writes_the_metrics_of_one_process(tmp_path, warm
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert one == two
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # rank 1 wrote nothing here
+
+
+def test_eval_under_torchrun_splits_the_batches_and_scores_as_one_process(tmp_path, warm_python):
+    flags = ["eval", "--model", "carry", "--examples", "12", "--batch-size", "4", "--json"]
+    done = torchrun(["-m", "diffinterp.cli", *flags, "--save", str(tmp_path / "two.json")], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    alone = warm_python.run(["-m", "diffinterp.cli", *flags, "--save", str(tmp_path / "one.json")], cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+
+    def scores(text: str) -> list[dict]:
+        rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+    assert scores(done.stdout) == scores(alone.stdout) and len(scores(alone.stdout)) == 1
+    assert "split over 2 processes" in done.stdout
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert one == two  # the saved results hold no timings: byte-for-byte the same figures

@@ -69,7 +69,13 @@ def register(subparsers) -> None:
     )
     e.add_argument("--ar", action="store_true", help="evaluate the organism's autoregressive twin")
     add_sampler_args(e, bottleneck_default=None)
-    e.add_argument("--n", type=int, default=None, help="examples per task (default: the whole held-out set, 400)")
+    e.add_argument(
+        "--n",
+        "--examples",
+        type=int,
+        default=None,
+        help="examples per task (default: the whole held-out set, 400; --examples: the spelling torchrun passes on)",
+    )
     e.add_argument("--batch-size", type=int, default=200, help="prompts per batched run")
     e.add_argument("--seed", type=int, default=0, help="sampler seed")
     e.add_argument("--json", action="store_true", help="print one JSON object per task")
@@ -142,8 +148,8 @@ def resolve_eval_model(spec: str | None, twin: bool):
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from diffinterp.core.distributed import process_group
     from diffinterp.organisms.catalog import TASKS
-    from diffinterp.organisms.evaluate import evaluate_task
 
     model, kind, path, metadata = resolve_eval_model(args.model, args.ar)
     if args.task == "all":
@@ -160,6 +166,20 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError(
             "the sampler flags (--bottleneck, --max-denoising-steps, ...) apply to the diffusion model only"
         )
+    with process_group() as (rank, size):  # torchrun: each task's prompt batches split over the processes
+        results = _evaluate(args, model, kind, path, tasks, gen, quiet=rank != 0)
+    if rank != 0:
+        return 0
+    if size > 1:
+        print(f"(prompt batches split over {size} processes)", flush=True)
+    if args.results_file:
+        _save_results(args, results)
+    return 0
+
+
+def _evaluate(args, model, kind, path, tasks, gen, *, quiet: bool) -> dict:
+    from diffinterp.organisms.evaluate import evaluate_task
+
     results = {}
     for task in tasks:
         t0 = time.time()
@@ -176,6 +196,8 @@ def run_eval(args: argparse.Namespace) -> int:
         res["model"] = str(path)
         res["seconds"] = round(time.time() - t0, 2)
         results[task] = res
+        if quiet:
+            continue
         if args.json:
             print(json.dumps({k: v for k, v in res.items() if k != "failures"}), flush=True)
         else:
@@ -191,9 +213,7 @@ def run_eval(args: argparse.Namespace) -> int:
             if args.by_case:
                 for case, tally in res["by_case"].items():
                     print(f"        {case:26s} {tally['correct']:4d}/{tally['n']:<4d}", flush=True)
-    if args.results_file:
-        _save_results(args, results)
-    return 0
+    return results
 
 
 def _save_results(args: argparse.Namespace, results: dict) -> None:

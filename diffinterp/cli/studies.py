@@ -78,8 +78,8 @@ def cmd_case_study(args) -> int:
 
     import torch
 
+    from diffinterp.core.distributed import process_group
     from diffinterp.core.loading import load_model
-    from diffinterp.studies.distributed import process_group
     from diffinterp.studies.registry import load_study
 
     if args.n < 1:

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from diffinterp.core.distributed import map_in_order
 from diffinterp.core.hooked import HookedDiffusionGemma
 from diffinterp.organisms.batches import prompt_batch
 from diffinterp.organisms.catalog import task as get_task
@@ -142,17 +143,22 @@ def evaluate_task(
         exs = exs[:n]
     correct, steps, agreement, failures = 0, [], [], []
     by_case: dict[str, list[int]] = {}  # case -> [correct, n]
-    for start in range(0, len(exs), batch_size):
-        chunk = exs[start : start + batch_size]
-        result = predict_batch(
+    starts = list(range(0, len(exs), batch_size))
+
+    def predict(start: int):
+        return predict_batch(
             model,
-            [e.prompt for e in chunk],
+            [e.prompt for e in exs[start : start + batch_size]],
             model_kind=model_kind,
             bottleneck=bottleneck,
             seed=seed + start,
             canvas_length=canvas_length,
             **gen_kwargs,
         )
+
+    # each chunk seeded by its first row: under torchrun the ranks split the chunks (same results)
+    for start, result in zip(starts, map_in_order(predict, starts), strict=True):
+        chunk = exs[start : start + batch_size]
         steps.extend(result.steps)
         agreement.extend(result.step0_agreement or [])
         for e, p in zip(chunk, result.texts, strict=True):

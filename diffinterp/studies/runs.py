@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from diffinterp.core.distributed import map_in_order, world
 from diffinterp.core.sampler import generation_kwargs
 from diffinterp.organisms.catalog import TASKS
 from diffinterp.organisms.task import Example
@@ -19,7 +20,6 @@ from diffinterp.organisms.tokenizer import normalize_text
 from diffinterp.records.cache import DenoisingCache
 from diffinterp.records.decoding import decode_output
 from diffinterp.records.trajectory import Trajectory
-from diffinterp.studies.distributed import gather_in_order, world
 from diffinterp.studies.prompts import PromptSet, uses_toy_tokenizer
 
 DEFAULT_BATCH_SIZE = 64
@@ -100,7 +100,7 @@ def run_prompt_set(
     summary (tokens above a threshold, the EOS probability) without keeping anything
     vocabulary-sized, as the 26B model needs.
 
-    Under torchrun (:mod:`diffinterp.studies.distributed`) each process runs every N-th chunk and
+    Under torchrun (:mod:`diffinterp.core.distributed`) each process runs every N-th chunk and
     then yields all of them, in order, exactly as one process would.
     """
     if batch_size < 1:
@@ -109,18 +109,13 @@ def run_prompt_set(
         gen_kwargs.setdefault("max_new_tokens", hm.config.canvas_length)  # one canvas unless told
     chunk_kwargs = dict(names_filter=names_filter, seed=seed, reduce_logits=reduce_logits, gen_kwargs=gen_kwargs)
     starts = range(0, len(prompts), batch_size)
-    rank, size = world()
-    if size == 1:
-        for start in starts:
-            yield _run_chunk(hm, prompts, list(range(start, min(start + batch_size, len(prompts)))), **chunk_kwargs)
+    chunks = [list(range(start, min(start + batch_size, len(prompts)))) for start in starts]
+    if world()[1] == 1:  # one process: one chunk at a time, nothing held beyond the caller's batch
+        for rows in chunks:
+            yield _run_chunk(hm, prompts, rows, **chunk_kwargs)
         return
-    # torchrun: this process runs every size-th chunk; all processes then see every chunk, in order
-    mine = [
-        _run_chunk(hm, prompts, list(range(start, min(start + batch_size, len(prompts)))), **chunk_kwargs)
-        for index, start in enumerate(starts)
-        if index % size == rank
-    ]
-    yield from gather_in_order(mine, key=lambda batch: batch.rows[0])
+    # torchrun: this process runs every N-th chunk; all processes then see every chunk, in order
+    yield from map_in_order(lambda rows: _run_chunk(hm, prompts, rows, **chunk_kwargs), chunks)
 
 
 def _run_chunk(hm, prompts: PromptSet, rows: list[int], *, names_filter, seed, reduce_logits, gen_kwargs) -> StudyBatch:

@@ -1,9 +1,9 @@
-"""Prompt sets split over processes: ``torchrun --nproc-per-node N -m diffinterp.cli case-study ...``.
+"""Prompt sets split over processes: ``torchrun --nproc-per-node N -m diffinterp.cli case-study|eval ...``.
 
 Every batch of a prompt set is seeded by its first row (``seed + row``), so its result does not
 depend on which process runs it. Under torchrun each process runs every N-th batch
-(:func:`diffinterp.studies.runs.run_prompt_set`), the batches are exchanged
-(``all_gather_object``), and every process continues with all of them in order: the study's
+(:func:`map_in_order`; used by ``run_prompt_set`` and ``evaluate_task``), the results are
+exchanged (``all_gather_object``), and every process continues with all of them in order: the
 metrics are those of one process, and only rank 0 writes them (:func:`is_writer`).
 
 The process group is the one torchrun describes in the environment (``WORLD_SIZE``, ``RANK``,
@@ -47,6 +47,16 @@ def process_group() -> Iterator[tuple[int, int]]:
         yield world()
     finally:
         dist.destroy_process_group()
+
+
+def map_in_order(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    """``[fn(item) for item in items]``, with the items split over the process group's ranks
+    (rank r computes items r, r + N, ...) and every result returned, in order, on every rank."""
+    rank, size = world()
+    if size == 1:
+        return [fn(item) for item in items]
+    mine = [(index, fn(item)) for index, item in enumerate(items) if index % size == rank]
+    return [value for _, value in gather_in_order(mine, key=lambda pair: pair[0])]
 
 
 def gather_in_order(local: list[Any], key: Callable[[Any], Any]) -> list[Any]:
