@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,7 @@ class WarmPython:
 
     def __init__(self) -> None:
         self._server: subprocess.Popen | None = None
+        self._pending = b""  # bytes read from the server past the last full line
 
     def _start(self) -> subprocess.Popen:
         server = subprocess.Popen(
@@ -48,17 +50,24 @@ class WarmPython:
             text=True,
             start_new_session=True,
         )
+        self._pending = b""
         if json.loads(self._read(server, TIMEOUT_S)) != {"ready": True}:
             raise RuntimeError("the warm Python server did not start")
         return server
 
-    @staticmethod
-    def _read(server: subprocess.Popen, timeout: float) -> str:
-        ready, _, _ = select.select([server.stdout], [], [], timeout)
-        line = server.stdout.readline() if ready else ""
-        if not line:
-            raise TimeoutError(f"no answer from the warm Python server within {timeout:.0f} s")
-        return line
+    def _read(self, server: subprocess.Popen, timeout: float) -> str:
+        """One protocol line, waiting at most ``timeout`` seconds. Reads the pipe's file descriptor
+        itself (a buffered reader could hold a second line where ``select`` cannot see it)."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._pending:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([server.stdout], [], [], max(left, 0))
+            chunk = os.read(server.stdout.fileno(), 65536) if ready else b""
+            if not chunk:
+                raise TimeoutError(f"no answer from the warm Python server within {timeout:.0f} s")
+            self._pending += chunk
+        line, self._pending = self._pending.split(b"\n", 1)
+        return line.decode()
 
     def run(self, argv: list[str], *, cwd: str | Path | None = None, env: dict | None = None, timeout=TIMEOUT_S):
         """Run ``python *argv`` in ``cwd``; a ``subprocess.CompletedProcess`` with text stdout/stderr.

@@ -140,6 +140,22 @@ def test_broken_folders_get_every_problem_named(bundled, tmp_path, capsys, edit,
     assert capsys.readouterr().err.startswith(f"diffinterp check: error: {folder} is not a usable")
 
 
+def test_an_untied_output_head_must_be_stored(tmp_path):
+    """Only a head tied to the embeddings may be absent: an untied one would load as random weights."""
+    folder = tmp_path / "untied"
+    model = di.tiny_model(di.tiny_config(tie_word_embeddings=False), seed=0)
+    assert model.lm_head.weight is not model.get_input_embeddings().weight
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(bundled_model_path("carry") / name, folder / name)
+    assert check_checkpoint(folder).tensors > 0
+    weights = load_file(str(folder / "model.safetensors"))
+    del weights["lm_head.weight"]
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"1 parameters missing, e.g. \['lm_head.weight'\]"):
+        check_checkpoint(folder)
+
+
 def test_the_cli_prints_the_plan_and_a_device_verdict(bundled, capsys):
     assert main(["check", "carry", "--prompt-len", "30", "--devices", "0.001"]) == 0
     out = capsys.readouterr().out

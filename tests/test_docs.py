@@ -66,6 +66,12 @@ def test_programs_run_through_the_warm_server_share_nothing(tmp_path, warm_pytho
     # new pid; Python's and torch's generators seeded afresh (not torch.manual_seed(5), not the server's)
     assert all(a != b for a, b in zip(first_state, second_state, strict=True)) and second_state[2] != "5"
     assert two.stdout.splitlines()[1] == "False False ['--flag']"
+    (tmp_path / "threads.py").write_text(
+        "import threading, time\n"
+        "threading.Thread(target=lambda: (time.sleep(0.3), open('late.txt', 'w').write('x'))).start()\n"
+    )
+    assert warm_python.run([str(tmp_path / "threads.py")], cwd=tmp_path).returncode == 0
+    assert (tmp_path / "late.txt").is_file()  # non-daemon threads are joined before exit, as in python
     (tmp_path / "fails.py").write_text("def broken():\n    raise ValueError('the message')\nbroken()\n")
     failed = warm_python.run([str(tmp_path / "fails.py")], cwd=tmp_path)
     assert failed.returncode == 1 and failed.stderr.splitlines()[-1] == "ValueError: the message"

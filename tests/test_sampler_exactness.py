@@ -278,3 +278,31 @@ def test_step_reruns_cost_one_pass_per_step_and_equal_the_recorded_run(small, re
         with torch.no_grad():
             weight.div_(1.5)
     assert torch.equal(edited, fresh) and not torch.equal(edited, signals[4])
+
+
+def test_the_signal_memo_never_outlives_a_hook_or_a_callers_edit(small):
+    """Signals derived while a hook could change the passes (a raw torch hook, an attention-pattern
+    hook switching the kernel) are not memoised, and editing the returned signal in place changes
+    nothing later: after each, every step still re-runs to its recorded logits."""
+    model, hm = small
+    input_ids, mask = make_prompts(96, 2, 8)
+    kwargs = dict(attention_mask=mask, max_new_tokens=8, max_denoising_steps=6, stability_threshold=7)
+    torch.manual_seed(1)
+    truth = hm.generate(input_ids, record_logits=True, **kwargs)
+    torch.manual_seed(1)
+    bare = hm.generate(input_ids, **kwargs)
+
+    def exact() -> bool:  # the last step first: it continues from whatever the memo holds
+        return all(torch.equal(hm.run_step(bare, 0, s), truth.steps[0][s].logits) for s in (5, 4, 3, 2, 1, 0))
+
+    handle = model.model.decoder.layers[0].register_forward_hook(lambda m, a, out: out * 1.5)
+    try:
+        hm.step_inputs(bare, 0, 4)
+    finally:
+        handle.remove()
+    assert exact()
+    with hm.hooks([("decoder.blocks.0.attn.hook_pattern", lambda t, hook: None)]):
+        hm.step_inputs(bare, 0, 5)
+    assert exact()
+    hm.step_inputs(bare, 0, 4)["self_conditioning_logits"].zero_()
+    assert exact()

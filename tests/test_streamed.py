@@ -85,3 +85,22 @@ def test_bad_stores_and_arguments_get_clear_errors(hm, tmp_path):
     with pytest.raises(ValueError, match="shard_bytes must be a positive int"):
         hm.run_with_cache(ids, "*", store=tmp_path / "x", shard_bytes=0)
     assert not (tmp_path / "x").exists()
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="no cache store .no index.json.: it would be replaced whole"):
+        hm.run_with_cache(ids, "*", store=results)
+    assert (results / "notes.txt").read_text() == "keep me"
+
+
+def test_an_index_that_does_not_match_its_shards_is_refused(hm, tmp_path):
+    """Two entries of the same shape swapped in index.json would read each other's tensors."""
+    import json
+
+    folder = tmp_path / "store"
+    both(hm, folder, names="decoder.blocks.*.hook_resid_post", shard_bytes=10**9)
+    index = json.loads((folder / "index.json").read_text())
+    index["entries"][0][4], index["entries"][1][4] = index["entries"][1][4], index["entries"][0][4]
+    (folder / "index.json").write_text(json.dumps(index))
+    with pytest.raises(RecordError, match="the index belongs to another store"):
+        di.DenoisingCache.load(folder)

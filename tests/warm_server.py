@@ -51,6 +51,7 @@ def run_child(request: dict) -> int:
     import atexit
     import random
     import runpy
+    import threading
     import traceback
 
     import numpy
@@ -91,7 +92,8 @@ def run_child(request: dict) -> int:
             frames = frames.tb_next  # the traceback starts at the program, as python's would
         traceback.print_exception(type(error), error, frames)
         code = 1
-    atexit._run_exitfuncs()  # what a fresh interpreter does on its way out
+    threading._shutdown()  # what a fresh interpreter does on its way out: join non-daemon threads,
+    atexit._run_exitfuncs()  # then run the exit functions
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -92,8 +92,8 @@ def check_checkpoint(folder: str | Path) -> CheckpointReport:
         want = expected[key][name] if key is not None else buffers[name]
         if shape is not None and tuple(shape) != want:
             problems.append(f"weights: '{name}' has shape {list(shape)}, the config implies {list(want)}")
-    missing = [names for key, names in expected.items() if key not in found_keys]
-    missing = [sorted(names)[0] for names in missing if not all(n.startswith("lm_head.") for n in names)]
+    # a tied lm_head shares its tensor (and so its aliases) with the embeddings; an untied one must be stored
+    missing = [sorted(names)[0] for key, names in expected.items() if key not in found_keys]
     if stored and missing:
         problems.append(f"weights: {len(missing)} parameters missing, e.g. {missing[:3]}")
     tokenizer = _check_tokenizer(folder, config, problems)

@@ -42,6 +42,8 @@ def process_group() -> Iterator[tuple[int, int]]:
         return
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE > 1 but this torch has no torch.distributed: run one process")
+    if torch.cuda.is_available():  # one GPU per process: the exchanged objects go through this rank's
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:
         yield world()
@@ -55,8 +57,19 @@ def map_in_order(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
     rank, size = world()
     if size == 1:
         return [fn(item) for item in items]
-    mine = [(index, fn(item)) for index, item in enumerate(items) if index % size == rank]
-    return [value for _, value in gather_in_order(mine, key=lambda pair: pair[0])]
+    mine, error = [], None
+    for index, item in enumerate(items):
+        if index % size == rank and error is None:
+            try:
+                mine.append((index, fn(item)))
+            except Exception as err:  # noqa: BLE001 - sent to every rank, so none waits for the rest forever
+                error = f"rank {rank}, item {index}: {type(err).__name__}: {err}"
+    parts: list = [None] * size
+    dist.all_gather_object(parts, (error, mine))
+    errors = [e for e, _ in parts if e is not None]
+    if errors:
+        raise RuntimeError("a process of the torchrun group failed: " + "; ".join(errors))
+    return [value for _, value in sorted((pair for _, part in parts for pair in part), key=lambda p: p[0])]
 
 
 def gather_in_order(local: list[Any], key: Callable[[Any], Any]) -> list[Any]:

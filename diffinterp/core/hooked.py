@@ -35,7 +35,7 @@ from diffinterp.core import resid
 from diffinterp.core.hook_shapes import hook_shape
 from diffinterp.core.inputs import as_dtype, check_positions
 from diffinterp.core.memory import budget, disk_budget
-from diffinterp.core.replay import note_step_logits, restore_runtime, step_inputs
+from diffinterp.core.replay import has_torch_hooks, note_step_logits, restore_runtime, step_inputs
 from diffinterp.core.sampler import resolve_run_limits, sample
 from diffinterp.records.cache import DenoisingCache, caching_hooks
 from diffinterp.records.files import atomic_folder
@@ -501,6 +501,10 @@ class HookedDiffusionGemma(HookedRootModule):
         dtype = as_dtype(dtype, "dtype")
         if store is not None and device not in (None, "cpu", torch.device("cpu")):
             raise ValueError(f"store= writes the cache to disk from the CPU; drop device={device!r} (or store=)")
+        if store is not None and Path(store).is_dir() and any(Path(store).iterdir()):
+            if not (Path(store) / "index.json").is_file():
+                raise ValueError(f"{store} is a folder with files but no cache store (no index.json): it would be "
+                                 "replaced whole; give an empty or new folder, or an earlier store=")  # fmt: skip
         limit = disk_budget(max_bytes, store) if store is not None else budget(max_bytes, device or self.model.device)
         cache = DenoisingCache(device=device, dtype=dtype, max_bytes=None if store is not None else limit)
         target = HookTarget.build(steps, blocks, positions)
@@ -608,22 +612,12 @@ class HookedDiffusionGemma(HookedRootModule):
             kwargs = self.step_inputs(trajectory, block, step)
             with self.hooks(fwd_hooks, **target), torch.no_grad(), self.context.run("run_step"):
                 self.context.stack, self.context.block, self.context.step = "decoder", block, step
-                unhooked = not _has_torch_hooks(self.model)
+                unhooked = not has_torch_hooks(self.model)
                 logits = self.model(**kwargs).logits
                 self.context.raise_if_nonfinite()
             if unhooked:  # the recorded step's own logits: the next step's signal needs no second pass
                 note_step_logits(self, trajectory, block, step, logits)
             return logits
-
-
-def _has_torch_hooks(model: nn.Module) -> bool:
-    """Whether any forward (pre-)hook could change a pass of ``model``: diffinterp's, a user's
-    own torch hooks, or torch's global module hooks."""
-    from torch.nn.modules import module as torch_module
-
-    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
 def _element_size(name: str, dtype: torch.dtype | None, model_dtype: torch.dtype) -> int:

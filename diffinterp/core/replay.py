@@ -44,7 +44,28 @@ class SignalMemo:
 
 
 def _model_key(model: torch.nn.Module) -> tuple:
-    return (id(model), *(p._version for p in model.parameters()))
+    """What the derived signals depend on besides the trajectory: the model object, its attention
+    kernel, and each parameter's identity, storage and in-place version. (A write through
+    ``param.data[...]`` bumps none of them: call :func:`forget_signals` after one.)"""
+    kernel = getattr(model.config, "_attn_implementation", None)
+    return (id(model), kernel, *((id(p), p.data_ptr(), p._version) for p in model.parameters()))
+
+
+def has_torch_hooks(model: torch.nn.Module) -> bool:
+    """Whether any forward (pre-)hook could change a pass of ``model``: diffinterp's, a user's
+    own torch hooks, or torch's global module hooks. Passes run with one are never memoised."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def forget_signals(trajectory: Trajectory) -> None:
+    """Drop the memoised signals of every block (after editing weights through ``.data``)."""
+    for record in trajectory.blocks:
+        if record.runtime is not None:
+            record.runtime.signal_memo = None
 
 
 def _next_signal(runtime: BlockRuntime, step, logits: torch.Tensor, previous, bottleneck: Bottleneck, dtype):
@@ -78,10 +99,18 @@ def replayed_steps(hm, trajectory: Trajectory, block: int, stop: int | None = No
     """
     runtime = _runtime(trajectory, block)
     key = _model_key(hm.model)
-    yield from _walk(hm, trajectory, block, SignalMemo(key, 0, runtime.initial_self_conditioning), stop)
+    store = not has_torch_hooks(hm.model)
+    memo = SignalMemo(key, 0, runtime.initial_self_conditioning)
+    for replayed, _ in _walk(hm, trajectory, block, memo, stop, store):
+        yield replayed
 
 
-def _walk(hm, trajectory: Trajectory, block: int, memo: SignalMemo, stop: int | None) -> Iterator[ReplayedStep]:
+def _walk(
+    hm, trajectory: Trajectory, block: int, memo: SignalMemo, stop: int | None, store: bool
+) -> Iterator[tuple[ReplayedStep, torch.Tensor | None]]:
+    """Steps from ``memo.step`` to ``stop``, each with the signal entering the next step;
+    ``store``: keep the signals derived as the block's memo (only for passes no hook could have
+    changed)."""
     record = trajectory.block(block)
     runtime = _runtime(trajectory, block)
     bottleneck = Bottleneck.parse(trajectory.bottleneck)
@@ -92,10 +121,11 @@ def _walk(hm, trajectory: Trajectory, block: int, memo: SignalMemo, stop: int | 
         if logits is None or logits.dtype != torch.float32:
             with torch.no_grad():
                 logits = hm.model(**_decoder_kwargs(runtime, here.canvas_in, signal, bottleneck)).logits
-        yield ReplayedStep(here, signal, logits)
+        replayed = ReplayedStep(here, signal, logits)
         signal = _next_signal(runtime, here, logits, signal, bottleneck, dtype)
-        if here.step + 1 < record.n_steps:
+        if store and here.step + 1 < record.n_steps:
             runtime.signal_memo = SignalMemo(memo.model_key, here.step + 1, signal)
+        yield replayed, signal
 
 
 def self_conditioning_input(hm, trajectory: Trajectory, block: int, step: int) -> torch.Tensor | None:
@@ -109,15 +139,16 @@ def self_conditioning_input(hm, trajectory: Trajectory, block: int, step: int) -
     trajectory.step(block, step)
     runtime = _runtime(trajectory, block)
     key = _model_key(hm.model)
-    memo = runtime.signal_memo
+    store = not has_torch_hooks(hm.model)  # a hook may change these passes: derive afresh, keep nothing
+    memo = runtime.signal_memo if store else None
     if memo is None or memo.model_key != key or memo.step > step:
         memo = SignalMemo(key, 0, runtime.initial_self_conditioning)
-    if memo.step == step:
-        runtime.signal_memo = memo
-        return memo.signal
-    for _ in _walk(hm, trajectory, block, memo, step):
-        pass
-    return runtime.signal_memo.signal
+    signal = memo.signal
+    for _, after in _walk(hm, trajectory, block, memo, step, store):
+        signal = after
+    if store:
+        runtime.signal_memo = SignalMemo(key, step, signal)
+    return signal
 
 
 def note_step_logits(hm, trajectory: Trajectory, block: int, step: int, logits: torch.Tensor) -> None:
@@ -137,7 +168,8 @@ def note_step_logits(hm, trajectory: Trajectory, block: int, step: int, logits: 
 def _decoder_kwargs(runtime: BlockRuntime, canvas: torch.Tensor, signal, bottleneck: Bottleneck) -> dict[str, Any]:
     return {
         "decoder_input_ids": canvas.clone(),
-        "self_conditioning_logits": signal if bottleneck.feeds_signal else None,
+        # a copy: the caller may edit it in place, and the original may be the block's memo
+        "self_conditioning_logits": signal.clone() if bottleneck.feeds_signal and signal is not None else None,
         "decoder_attention_mask": runtime.mask_mapping,
         "past_key_values": snapshot_cache(runtime.past_key_values),
         "decoder_position_ids": runtime.decoder_position_ids,

@@ -255,8 +255,9 @@ class DepthTracer(TorchDispatchMode):
         name = func.overloadpacket.__name__
         in_place = name.endswith("_") and not name.startswith("_")
         base_name = name.rstrip("_") if in_place else name
-        flat, _ = tree_flatten((args, kwargs))
-        key = _memo_key(func, flat) if self.memoise and not in_place and _returns_fresh_tensors(func) else None
+        flat, structure = tree_flatten((args, kwargs))
+        use = self.memoise and not in_place and _returns_fresh_tensors(func)
+        key = _memo_key(func, flat, structure) if use else None
         memo = self._meta_outputs.get(key) if key is not None else None
         if memo is not None:
             spec, costs, unknown = memo
@@ -367,9 +368,10 @@ def _returns_fresh_tensors(func) -> bool:
     return not schema.is_mutable and all(ret.alias_info is None for ret in schema.returns)
 
 
-def _memo_key(func, flat: list) -> tuple | None:
-    """A hashable description of a call (tensors by shape, stride, dtype, device), or None."""
-    parts: list = [func]
+def _memo_key(func, flat: list, structure) -> tuple | None:
+    """A hashable description of a call: the arguments' structure, tensors by shape, stride and
+    dtype, scalars by type and value (1, 1.0 and True compare equal in Python); or None."""
+    parts: list = [func, structure]
     for value in flat:
         if isinstance(value, torch.Tensor):
             if value.device.type != "meta":
@@ -378,7 +380,7 @@ def _memo_key(func, flat: list) -> tuple | None:
         elif value is None or isinstance(
             value, (bool, int, float, str, torch.dtype, torch.device, torch.memory_format, torch.layout)
         ):
-            parts.append(value)
+            parts.append((type(value), value))
         else:
             return None
     return tuple(parts)

@@ -289,7 +289,10 @@ def load_store(folder: str | Path, device=None) -> DenoisingCache:
     shards, entries, positions = index.get("shards"), index.get("entries"), index.get("positions")
     require(index_file, isinstance(shards, list) and isinstance(entries, list), "shards/entries", "must be lists")
     cache = DenoisingCache(device=device, positions=tuple(positions) if positions is not None else None)
-    loaded = [load_records(folder / shard, SHARD_KIND)[0] for shard in shards]
+    records = [load_records(folder / shard, SHARD_KIND) for shard in shards]
+    loaded = [tensors for tensors, _ in records]
+    # what each shard says it holds: the index must agree (an index of another run would not)
+    held = [{f"t{i}": tuple(entry) for i, entry in enumerate(meta.get("entries", []))} for _, meta in records]
     for number, entry in enumerate(entries):
         ok = isinstance(entry, list) and len(entry) == 5 and isinstance(entry[0], str) and isinstance(entry[3], int)
         ok = ok and 0 <= entry[3] < len(loaded) and entry[4] in loaded[entry[3]]
@@ -301,6 +304,8 @@ def load_store(folder: str | Path, device=None) -> DenoisingCache:
         )
         name, step, block, shard, tensor_name = entry
         key = (name, step, block)
+        require(index_file, held[shard].get(tensor_name) == key, f"entries[{number}]",
+                f"{key} is in {shards[shard]} as {held[shard].get(tensor_name)}: the index belongs to another store")  # fmt: skip
         require(index_file, key not in cache._store, f"entries[{number}]", f"{key} is listed twice")
         tensor = loaded[shard][tensor_name]
         cache._store[key] = tensor if device is None else tensor.to(device)

@@ -59,6 +59,9 @@ class StreamedCache(DenoisingCache):
         key = (name, step, block)
         if key in self._store and key not in self._pending:
             raise ValueError(f"{key} is already written to {self.folder}: a streamed cache stores each entry once")
+        if key in self._pending:  # replaced before it was written: count it once
+            old = self._store[key]
+            self.pending_bytes -= old.numel() * old.element_size()
         super().add(name, step, block, tensor)
         if key not in self._pending:
             self._pending.append(key)
