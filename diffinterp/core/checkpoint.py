@@ -239,6 +239,7 @@ def memory_plan(
     last canvas, a cache of every ``hook_resid_post`` and of every decoder hook point per step,
     per canvas (``steps``) and per prompt (``blocks`` canvases), recorded logits."""
     from diffinterp.core.hooked import HookedDiffusionGemma
+    from diffinterp.core.hooked import _element_size as _hook_element_size
 
     text = config.text_config
     element = torch.empty((), dtype=dtype).element_size()
@@ -258,7 +259,7 @@ def memory_plan(
     for label, names in (("every decoder hook_resid_post", resid), ("every decoder hook point", decoder)):
         per_step = sum(
             math.prod(hook_shape(config, n, batch=1, prompt_len=prompt_len, block=blocks - 1))
-            * (8 if n.endswith("hook_topk_idx") else 4 if n.endswith(("hook_router_probs", "hook_logits")) else element)
+            * _hook_element_size(n, None, dtype)  # as a cache stores it: ids int64, router and logits float32
             for n in names
         )
         rows.append(MemoryRow(f"cache of {label}: one step", per_step, f"{len(names)} hooks, last canvas"))

@@ -4,7 +4,8 @@ Every batch of a prompt set is seeded by its first row (``seed + row``), so its 
 depend on which process runs it. Under torchrun each process runs every N-th batch
 (:func:`map_in_order`; used by ``run_prompt_set`` and ``evaluate_task``), the results are
 exchanged (``all_gather_object``), and every process continues with all of them in order: the
-metrics are those of one process, and only rank 0 writes them (:func:`is_writer`).
+metrics are those of one process, and only rank 0 writes them (the commands check the rank
+:func:`process_group` yields).
 
 The process group is the one torchrun describes in the environment (``WORLD_SIZE``, ``RANK``,
 ``MASTER_ADDR`` …); gloo on CPU, NCCL on GPUs. Nothing here runs without it.
@@ -26,11 +27,6 @@ def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def is_writer() -> bool:
-    """Whether this process writes results (rank 0, or the only process)."""
-    return world()[0] == 0
 
 
 @contextmanager
@@ -70,14 +66,3 @@ def map_in_order(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
     if errors:
         raise RuntimeError("a process of the torchrun group failed: " + "; ".join(errors))
     return [value for _, value in sorted((pair for _, part in parts for pair in part), key=lambda p: p[0])]
-
-
-def gather_in_order(local: list[Any], key: Callable[[Any], Any]) -> list[Any]:
-    """Every process's ``local`` items, merged in ``key`` order, on every process (unchanged
-    outside a process group)."""
-    _, size = world()
-    if size == 1:
-        return local
-    parts: list[list[Any] | None] = [None] * size
-    dist.all_gather_object(parts, local)
-    return sorted((item for part in parts for item in part), key=key)

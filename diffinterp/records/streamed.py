@@ -46,7 +46,7 @@ class StreamedCache(DenoisingCache):
         self.shard_bytes = shard_bytes
         self.shards: list[str] = []
         self._locations: dict[Key, tuple[int, str]] = {}
-        self._pending: list[Key] = []
+        self._pending: dict[Key, None] = {}  # insertion-ordered; membership is checked on every hook call
         self.pending_bytes = 0
         self.peak_pending_bytes = 0
         self.finished = False
@@ -63,8 +63,7 @@ class StreamedCache(DenoisingCache):
             old = self._store[key]
             self.pending_bytes -= old.numel() * old.element_size()
         super().add(name, step, block, tensor)
-        if key not in self._pending:
-            self._pending.append(key)
+        self._pending[key] = None
         stored = self._store[key]
         self.pending_bytes += stored.numel() * stored.element_size()
         self.peak_pending_bytes = max(self.peak_pending_bytes, self.pending_bytes)
@@ -84,7 +83,7 @@ class StreamedCache(DenoisingCache):
             self._store[key] = mapped[f"t{i}"]
             self._locations[key] = (index, f"t{i}")
         self.shards.append(file)
-        self._pending, self.pending_bytes = [], 0
+        self._pending, self.pending_bytes = {}, 0
 
     def finish(self) -> StreamedCache:
         """Write the last shard and ``index.json``; the cache stays readable (and read-only)."""
