@@ -6,7 +6,8 @@ every step and layer, hop prompt pairs on toy4, every step run) is run once with
 step) and each batched forward of patched rows. The floor is those very calls again, with no
 hook attached and nothing between them: what the sweep must compute. Then the sweep and the
 floor alternate ``--repeats`` times in this process; the report gives medians and their ratio
-per prompt count.
+per prompt count, and the share of one sweep's time spent inside the forward passes (the rest is
+the sampler's own work per step and the patch hooks).
 
     python benchmarks/patching_floor.py [--prompts 1 4 16] [--repeats 5] [--threads 1] [--json FILE]
 """
@@ -50,6 +51,28 @@ def captured_forwards(hm, sweep) -> list[dict]:
     return calls
 
 
+def forward_share(hm, sweep) -> float:
+    """The share of one sweep's wall time spent inside the model's forward passes."""
+    model = hm.model
+    original, inside = model.forward, []
+
+    def timed(**kwargs):
+        start = time.perf_counter()
+        try:
+            return original(**kwargs)
+        finally:
+            inside.append(time.perf_counter() - start)
+
+    model.forward = timed
+    try:
+        start = time.perf_counter()
+        sweep()
+        total = time.perf_counter() - start
+    finally:
+        del model.forward
+    return sum(inside) / total
+
+
 def floor(hm, calls: list[dict]) -> None:
     with torch.no_grad():
         for kwargs in calls:
@@ -82,6 +105,7 @@ def main() -> None:
                 sweep() if name == "sweep" else floor(hm, calls)
                 times[name].append(time.perf_counter() - start)
         medians = {k: statistics.median(v) for k, v in times.items()}
+        share = forward_share(hm, sweep)
         rows.append(
             {
                 "prompts": prompts,
@@ -92,13 +116,14 @@ def main() -> None:
                 "sweep_s": medians["sweep"],
                 "floor_s": medians["floor"],
                 "ratio": medians["sweep"] / medians["floor"],
+                "forward_share": share,
             }
         )
         r = rows[-1]
         print(
             f"{prompts:3d} prompts, {n_steps} steps x {r['layers']} layers: {r['forward_calls']} forward passes "
             f"(up to {r['rows_per_call_max']} rows); sweep {r['sweep_s']:.3f} s, floor {r['floor_s']:.3f} s "
-            f"-> {r['ratio']:.3f}x",
+            f"-> {r['ratio']:.3f}x; {r['forward_share']:.1%} of a sweep inside the forward passes",
             flush=True,
         )
     out = Path(args.json)
