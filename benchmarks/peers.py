@@ -254,6 +254,8 @@ def run_batch(hm, lm, args, batch: int) -> dict:
                     "paired_vs_torch_hooks": statistics.median(
                         a / b for a, b in zip(runs[name], runs[floor], strict=True)
                     ),
+                    # the fastest run of each: what the job costs when no neighbour steals the core
+                    "best_vs_torch_hooks": min(runs[name]) / min(runs[floor]),
                 }
     ratios["diffinterp_no_hooks"] = {"vs_hf_generate": medians["diffinterp_no_hooks"] / medians["hf_generate"]}
     return {
@@ -285,13 +287,18 @@ def report(result: dict, repeats: int) -> None:
                 r = ratios[key]
                 print(
                     f"   {name:<21} {medians[key] * 1000:8.1f} ms   x{r['vs_torch_hooks']:.3f} torch_hooks "
-                    f"(paired x{r['paired_vs_torch_hooks']:.3f})   x{r['vs_hf_generate']:.3f} hf_generate"
+                    f"(paired x{r['paired_vs_torch_hooks']:.3f}, best x{r['best_vs_torch_hooks']:.3f})   "
+                    f"x{r['vs_hf_generate']:.3f} hf_generate"
                 )
         key = f"{job}/diffinterp"
         if job in BARS and key in ratios:
-            ratio = ratios[key]["vs_torch_hooks"]
-            verdict = "met" if ratio <= BARS[job] else "MISSED"
-            print(f"   bar: diffinterp within {BARS[job]:.2f}x of torch_hooks: {verdict} (x{ratio:.3f})")
+            r = ratios[key]
+            shown = {k: r[f"{k}vs_torch_hooks"] for k in ("", "paired_", "best_")}
+            verdict = "met" if all(v <= BARS[job] for v in shown.values()) else "MISSED"
+            print(
+                f"   bar: diffinterp within {BARS[job]:.2f}x of torch_hooks by median, paired and best: {verdict} "
+                f"(x{shown['']:.3f}, x{shown['paired_']:.3f}, x{shown['best_']:.3f})"
+            )
     checked = ", ".join(f"{k} {v}" for k, v in result["tensors_checked_equal"].items())
     print(f"   tensors equal to diffinterp's: {checked}")
 

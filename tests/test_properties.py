@@ -106,3 +106,22 @@ def test_records_round_trip_exactly(tmp_path_factory, run, record_logits):
     assert all(
         torch.equal(again.get(*key), tensor) and again.get(*key).dtype == tensor.dtype for key, tensor in cache.items()
     )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 9), st.integers(2, 300)),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16, torch.float64]),
+    scale=st.floats(0.01, 50.0),
+    masked=st.integers(0, 5),
+    seed=st.integers(0, 2**16),
+)
+def test_recorded_entropy_is_bit_for_bit_torchs_categorical(shape, dtype, scale, masked, seed):
+    """The sampler records entropy with the operations of ``Categorical(logits=).entropy()`` (what
+    transformers' entropy-bound sampler computes) without its validation: it must be the same bits,
+    also where logits are -inf (the clamp) and in half precision."""
+    from diffinterp.core.sampler import token_entropy
+
+    logits = (torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * scale).to(dtype)
+    logits[..., : min(masked, shape[-1] - 1)] = float("-inf")
+    assert torch.equal(token_entropy(logits), torch.distributions.Categorical(logits=logits).entropy())

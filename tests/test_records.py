@@ -39,6 +39,9 @@ def test_trajectory_fields_are_consistent(recorded):
             probs = (step.logits / step.temperature).softmax(-1)
             entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)
             torch.testing.assert_close(step.entropy, entropy, rtol=1e-4, atol=1e-5)
+            # and bit for bit what the entropy-bound sampler computed from the processed logits
+            sampler_entropy = torch.distributions.Categorical(logits=step.logits / step.temperature).entropy()
+            assert torch.equal(step.entropy, sampler_entropy)
         for earlier, later in zip(block.steps, block.steps[1:], strict=False):
             assert torch.equal(later.canvas_in, earlier.canvas_out)
     assert torch.equal(trajectory.new_tokens()[:, :8], trajectory.blocks[0].final_canvas)

@@ -233,37 +233,34 @@ def check_replacement(hook_point: HookPoint, original: torch.Tensor, new: Any) -
     return new
 
 
-def _call_hook_point(hook_point: HookPoint, activation: torch.Tensor):
-    """``hook_point(activation)``: the identity module's forward hooks (TransformerLens's wrappers of
-    the user hooks), each given the previous one's result. When those are all it has (no backward,
-    pre- or keyword hooks on it, no global module hooks), they are called directly: what
-    ``nn.Module.__call__`` does for them, without its second pass through the hook machinery on
-    every call (a caching run makes one call per hook per step)."""
-    if (
-        hook_point._backward_hooks
-        or hook_point._backward_pre_hooks
-        or hook_point._forward_pre_hooks
-        or hook_point._forward_hooks_with_kwargs
-        or torch_module._has_any_global_hook()
-    ):
-        return hook_point(activation)
-    args, result = (activation,), activation
-    for hook in tuple(hook_point._forward_hooks.values()):
-        replaced = hook(hook_point, args, result)
-        if replaced is not None:
-            result = replaced
-    return result
-
-
 def _fire(hook_point: HookPoint, activation: torch.Tensor) -> torch.Tensor | None:
-    """Run the hook point's user hooks; the validated replacement, or None if unchanged."""
-    context = getattr(hook_point, "_context", None)
-    if context is not None and context.suppressed:
-        return None
+    """Run the hook point's user hooks; the validated replacement, or None if unchanged.
+
+    ``hook_point(activation)`` would run the identity module's forward hooks (TransformerLens's
+    wrappers of the user hooks), each given the previous one's result. When those are all it has
+    (no backward, pre- or keyword hooks on it, no global module hooks), they are called here
+    directly: what ``nn.Module.__call__`` does for them, without a second pass through the hook
+    machinery on every call (a caching run makes one call per hook per step)."""
+    context = hook_point.__dict__.get("_context")
     if context is not None:
+        if context.suppressed:
+            return None
         outer, context.firing = context.firing, hook_point.name
     try:
-        result = _call_hook_point(hook_point, activation)
+        if (
+            hook_point._backward_hooks
+            or hook_point._backward_pre_hooks
+            or hook_point._forward_pre_hooks
+            or hook_point._forward_hooks_with_kwargs
+            or torch_module._has_any_global_hook()
+        ):
+            result = hook_point(activation)
+        else:
+            args, result = (activation,), activation
+            for hook in tuple(hook_point._forward_hooks.values()):
+                replaced = hook(hook_point, args, result)
+                if replaced is not None:
+                    result = replaced
     finally:
         if context is not None:
             context.firing = outer

@@ -66,19 +66,23 @@ class DenoisingCache:
         """Store one activation (a detached copy, moved and cast as configured).
 
         Called once per hook call of a caching run, so kept lean: the budget message is built
-        only when it is needed, and a copy that neither moves nor casts is a plain ``clone``."""
-        cast = self.dtype is not None and tensor.is_floating_point() and tensor.dtype != self.dtype
-        nbytes = tensor.numel() * (_element_size(self.dtype) if cast else tensor.element_size())
+        only when it is needed, and a copy that neither moves nor casts is a plain ``clone``
+        (``detach`` only where autograd tracks the tensor)."""
+        if tensor.requires_grad:
+            tensor = tensor.detach()
+        dtype = self.dtype
+        cast = dtype is not None and tensor.dtype != dtype and tensor.is_floating_point()
+        nbytes = tensor.numel() * _element_size(dtype) if cast else tensor.nbytes
         if self.max_bytes is not None and self._nbytes + nbytes > self.max_bytes:
             self.check_budget(self._nbytes + nbytes, what=f"storing '{name}' at step {step}, block {block}")
         if cast or (self.device is not None and self.device != tensor.device):
-            stored = tensor.detach().to(device=self.device, dtype=self.dtype if cast else None, copy=True)
+            stored = tensor.to(device=self.device, dtype=dtype if cast else None, copy=True)
         else:
-            stored = tensor.detach().clone()
+            stored = tensor.clone()
         key = (name, step, block)
         previous = self._store.get(key)
         if previous is not None:
-            self._nbytes -= previous.numel() * previous.element_size()
+            self._nbytes -= previous.nbytes
         self._store[key] = stored
         self._nbytes += nbytes
 
