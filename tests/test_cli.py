@@ -161,3 +161,31 @@ def test_patch_command_restores_the_clean_run_at_the_last_step_and_layer(run_cli
         "patch", "--clean", clean, "--corrupt", clean, "--max-denoising-steps", "4", "--out", str(tmp_path / "same")
     )
     assert same.returncode == 2 and "same output" in same.stderr
+
+
+def test_sae_train_writes_a_sae_lens_folder_and_eval_prints_the_per_step_tables(run_cli, tmp_path):
+    out = tmp_path / "sae"
+    result = run_cli(
+        "sae", "train", "--model", "carry", "--hook", "decoder.blocks.1.hook_resid_post", "--steps", "0-3",
+        "--width", "64", "--k", "4", "--training-steps", "40", "--batch-size", "128",
+        "--prompts-per-run", "32", "--held-out", "16", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "held-out explained variance" in result.stdout
+    assert {"cfg.json", "sae_weights.safetensors", "diffinterp_sae.json", "training_curve.png"} <= {
+        p.name for p in out.iterdir()
+    }
+    from diffinterp.instruments.saes.training import load_sae
+
+    sae, metadata = load_sae(out)
+    assert sae.cfg.d_sae == 64 and metadata["spec"].steps == (0, 1, 2, 3)
+    result = run_cli("sae", "eval", str(out), "--model", "carry", "--n", "8", "--json", str(tmp_path / "eval.json"))
+    assert result.returncode == 0, result.stderr
+    assert "reconstruction per denoising step" in result.stdout and "spliced at one step" in result.stdout
+    import json
+
+    tables = json.loads((tmp_path / "eval.json").read_text())
+    assert tables["hook"] == "decoder.blocks.1.hook_resid_post" and tables["splice"]["n"] == 8
+    bad = run_cli("sae", "train", "--model", "carry", "--hook", "encoder.blocks.0.hook_resid_post", "--out", str(out))
+    assert bad.returncode == 2 and "not a decoder hook" in bad.stderr
+    assert (out / "cfg.json").is_file()  # the earlier folder is untouched by the refused run

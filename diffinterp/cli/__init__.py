@@ -9,6 +9,7 @@ diffinterp depth [--config real|tiny|PATH] [--chain-lengths N ...]
 diffinterp view TRAJECTORY [--cache CACHE] [--patching patching.json] [--model NAME|PATH] [--out view.html]
 diffinterp case-study NAME [--n N] [--quick] [--out DIR]
 diffinterp train --model diffusion|ar --out DIR / diffinterp eval --task all
+diffinterp sae train --hook NAME [--steps 0-7] [--k K] [--width W] --out DIR / diffinterp sae eval DIR
 
 One module per group of commands, each with ``register(subparsers)``; the heavy imports (torch,
 transformers) happen inside the commands, so building the parser stays cheap.
@@ -20,9 +21,9 @@ import argparse
 import os
 import sys
 
-from diffinterp.cli import generate, instruments, organisms, structure, studies, view
+from diffinterp.cli import generate, instruments, organisms, saes, structure, studies, view
 
-COMMAND_GROUPS = (generate, structure, instruments, view, studies, organisms)
+COMMAND_GROUPS = (generate, structure, instruments, view, studies, organisms, saes)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ answers are unknown and every study still runs.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -131,3 +132,21 @@ def prompt_set(hm, task: str, n: int, *, seed: int = 0, offset: int = 0) -> Prom
     if task != RANDOM_TASK and uses_toy_tokenizer(hm):
         return toy_prompt_set(hm, task, n, offset=offset)
     return random_prompt_set(hm.config.text_config.vocab_size, n, seed=seed, device=hm.model.device)
+
+
+def training_prompt_batches(hm, batch_size: int, *, seed: int = 0, tasks: Sequence[str] | None = None):
+    """An endless stream of ``(input_ids, attention_mask)`` batches of fresh training-split prompts of
+    the model's tasks (mixed in turn), for training on activations (SAEs); seeded random prompts
+    for a model whose tasks diffinterp does not know. Never the held-out split."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    tasks = list(tasks) if tasks else list(model_tasks(hm))
+    rng = random.Random(f"diffinterp-training-prompts-{seed}")
+    for index in itertools.count():
+        if not tasks:
+            batch = random_prompt_set(hm.config.text_config.vocab_size, batch_size, seed=seed * 1_000_003 + index,
+                                      device=hm.model.device)  # fmt: skip
+            yield batch.input_ids, batch.attention_mask
+            continue
+        spec = catalog_task(tasks[index % len(tasks)])
+        yield hm.to_tokens([spec.sample(rng, split="train").prompt for _ in range(batch_size)])

@@ -1,0 +1,1 @@
+"""Sparse autoencoders over denoising time (SAELens): activations per step, training, splicing, features."""
