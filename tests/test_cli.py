@@ -167,8 +167,8 @@ def test_sae_train_writes_a_sae_lens_folder_and_eval_prints_the_per_step_tables(
     out = tmp_path / "sae"
     result = run_cli(
         "sae", "train", "--model", "carry", "--hook", "decoder.blocks.1.hook_resid_post", "--steps", "0-3",
-        "--width", "64", "--k", "4", "--training-steps", "40", "--batch-size", "128",
-        "--prompts-per-run", "32", "--held-out", "16", "--out", str(out),
+        "--width", "64", "--k", "4", "--training-steps", "15", "--batch-size", "128",
+        "--prompts-per-run", "16", "--held-out", "8", "--out", str(out),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "held-out explained variance" in result.stdout
@@ -179,13 +179,13 @@ def test_sae_train_writes_a_sae_lens_folder_and_eval_prints_the_per_step_tables(
 
     sae, metadata = load_sae(out)
     assert sae.cfg.d_sae == 64 and metadata["spec"].steps == (0, 1, 2, 3)
-    result = run_cli("sae", "eval", str(out), "--model", "carry", "--n", "8", "--json", str(tmp_path / "eval.json"))
+    result = run_cli("sae", "eval", str(out), "--model", "carry", "--n", "4", "--json", str(tmp_path / "eval.json"))
     assert result.returncode == 0, result.stderr
     assert "reconstruction per denoising step" in result.stdout and "spliced at one step" in result.stdout
     import json
 
     tables = json.loads((tmp_path / "eval.json").read_text())
-    assert tables["hook"] == "decoder.blocks.1.hook_resid_post" and tables["splice"]["n"] == 8
+    assert tables["hook"] == "decoder.blocks.1.hook_resid_post" and tables["splice"]["n"] == 4
     bad = run_cli("sae", "train", "--model", "carry", "--hook", "encoder.blocks.0.hook_resid_post", "--out", str(out))
     assert bad.returncode == 2 and "not a decoder hook" in bad.stderr
     assert (out / "cfg.json").is_file()  # the earlier folder is untouched by the refused run
