@@ -34,6 +34,7 @@ import torch
 
 from diffinterp import studies
 from diffinterp.figures import saes as sae_figures
+from diffinterp.instruments.lens import settle_steps
 from diffinterp.instruments.saes.activations import ActivationSpec, activation_stream, step_activations
 from diffinterp.instruments.saes.features import best_features, commit_steps, feature_trace, forming_steps
 from diffinterp.instruments.saes.splicing import reconstruction_by_step, splice_by_step
@@ -57,12 +58,6 @@ def _train_layer(hm, layer: int, *, width, k, steps, seed, out_dir: Path, held, 
     result = train_sae(hm, stream, config, out=out_dir / "saes" / f"layer{layer}", held_out=held(spec),
                        model_name=studies.model_info(hm)["name_or_path"], progress=False)  # fmt: skip
     return result.sae, {"curve": result.curve, "held_out": result.held_out, "folder": f"saes/layer{layer}"}
-
-
-def _settle_steps(trajectory) -> torch.Tensor:
-    """``[batch, pos]``: the step from which each position's argmax token equals its final one."""
-    argmax = trajectory.stack("argmax").cpu()  # [S, B, P]
-    return commit_steps((argmax != argmax[-1]).float(), tol=0.0)
 
 
 def _feature_dynamics(hm, sae, hook, prompts, targets, digit_ids, *, seed, gen_kwargs) -> dict:
@@ -92,7 +87,7 @@ def _feature_dynamics(hm, sae, hook, prompts, targets, digit_ids, *, seed, gen_k
             "auroc_held_out_half": auroc_ci(test_scores.numpy(), test_labels.int().numpy(), seed=seed),
             "best_auroc_shuffled_labels": null,
         }
-    settle = _settle_steps(trajectory)[:, :DIGITS]
+    settle = settle_steps(trajectory)[:, :DIGITS]  # [B, DIGITS]: the argmax equals its final token from then on
     feature_commit = torch.full_like(settle, -1)
     for value, info in chosen.items():
         on = out == digit_ids[value]

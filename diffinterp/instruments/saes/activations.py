@@ -99,17 +99,25 @@ def flat_features(activation: torch.Tensor, name: str) -> torch.Tensor:
     return activation
 
 
+def position_masks(trajectory, block: int, positions: str) -> list[torch.Tensor]:
+    """One ``[batch, canvas]`` bool mask per step of ``block``: the positions ``positions`` selects
+    at that step (active rows only); what was accepted before is carried from step to step."""
+    masks, accepted_before = [], None
+    for current in trajectory.blocks[block].steps:
+        active = current.active[:, None].expand_as(current.accepted)
+        if accepted_before is None:
+            accepted_before = torch.zeros_like(current.accepted)
+        if positions == "all":
+            masks.append(active.clone())
+        else:
+            masks.append(active & (accepted_before if positions == "accepted" else ~accepted_before))
+        accepted_before = accepted_before | (current.accepted & active)
+    return masks
+
+
 def position_mask(trajectory, block: int, step: int, positions: str) -> torch.Tensor:
     """``[batch, canvas]`` bool: the positions of ``step`` that ``positions`` selects (active rows only)."""
-    record = trajectory.blocks[block]
-    current = record.steps[step]
-    active = current.active[:, None].expand_as(current.accepted)
-    if positions == "all":
-        return active.clone()
-    accepted_before = torch.zeros_like(current.accepted)
-    for earlier in record.steps[:step]:
-        accepted_before |= earlier.accepted & earlier.active[:, None]
-    return active & (accepted_before if positions == "accepted" else ~accepted_before)
+    return position_masks(trajectory, block, positions)[step]
 
 
 def step_activations(hm, input_ids, attention_mask, spec: ActivationSpec, **gen_kwargs):
@@ -118,9 +126,11 @@ def step_activations(hm, input_ids, attention_mask, spec: ActivationSpec, **gen_
     trajectory, cache = hm.run_with_cache(
         input_ids, names_filter=[spec.hook], steps=spec.steps, attention_mask=attention_mask, **gen_kwargs
     )
-    rows, where = [], []
+    rows, where, masks = [], [], {}
     for name, step, block in sorted(cache.keys(), key=lambda key: (key[2], key[1])):
-        mask = position_mask(trajectory, block, step, spec.positions)
+        if block not in masks:
+            masks[block] = position_masks(trajectory, block, spec.positions)
+        mask = masks[block][step]
         activation = flat_features(cache.get(name, step, block), name)
         index = mask.nonzero().cpu()  # (row, position) pairs, row-major like activation[mask]
         origin = torch.empty(len(index), 4, dtype=torch.long)

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 import torch
 
-from diffinterp.instruments.saes.activations import flat_features, position_mask
+from diffinterp.instruments.saes.activations import flat_features, position_masks
 from diffinterp.instruments.saes.training import reconstruction_metrics
 from diffinterp.stats import proportion_of
 
@@ -39,10 +39,11 @@ def splice_hook(sae, *, error_term: bool = False, edit: FeatureEdit | None = Non
         flat = x.reshape(-1, x.shape[-1]).to(sae.W_enc.dtype)
         features = sae.encode(flat)
         edited = edit(features, hook) if edit is not None else features
-        if error_term:
-            new = flat + (sae.decode(edited) - sae.decode(features))
+        decoded = sae.decode(edited)
+        if error_term:  # the unedited reconstruction is the same computation: reuse it
+            new = flat + (decoded - (decoded if edited is features else sae.decode(features)))
         else:
-            new = sae.decode(edited)
+            new = decoded
         return new.to(activation.dtype).reshape(activation.shape)
 
     return fn
@@ -80,8 +81,7 @@ def reconstruction_by_step(
         input_ids, names_filter=[hook], blocks=[block], attention_mask=attention_mask, **gen_kwargs
     )
     rows = []
-    for step in range(trajectory.blocks[block].n_steps):
-        mask = position_mask(trajectory, block, step, positions)
+    for step, mask in enumerate(position_masks(trajectory, block, positions)):
         x = flat_features(cache.get(hook, step, block), hook)[mask]
         if len(x) >= 2:
             rows.append({"step": step, **reconstruction_metrics(sae, x.float())})

@@ -90,23 +90,27 @@ def build_sae(config: SAETrainingConfig, d_in: int, *, model_name: str = "diffin
     return sae_lens.StandardTrainingSAE(cfg)
 
 
+def _fit(x: torch.Tensor, recon: torch.Tensor, features: torch.Tensor) -> dict[str, float]:
+    """MSE, explained variance (1 - SSE / total variance about the mean, as SAELens reports it) and
+    L0 of a reconstruction ``recon`` of ``x`` (``[n, d_in]``) from ``features`` (``[n, d_sae]``)."""
+    sse = (recon - x).pow(2).sum(-1)
+    total = float((x - x.mean(0)).pow(2).sum(-1).mean())
+    return {
+        "mse": float((recon - x).pow(2).mean()),
+        "explained_variance": float(1 - sse.mean() / total) if total > 0 else math.nan,
+        "l0": float((features != 0).float().sum(-1).mean()),
+    }
+
+
 @torch.no_grad()
 def reconstruction_metrics(sae, activations: torch.Tensor) -> dict[str, float]:
-    """MSE (mean over elements), explained variance (1 - SSE / total variance about the mean, as
-    SAELens reports it) and L0 (mean active features) of ``sae`` on ``activations`` ``[n, d_in]``."""
+    """MSE (mean over elements), explained variance and L0 (mean active features) of ``sae`` on
+    ``activations`` ``[n, d_in]``."""
     if activations.dim() != 2 or len(activations) < 2:
         raise ValueError(f"need activations [n >= 2, d_in], got {list(activations.shape)}")
     x = activations.to(sae.W_enc.dtype)
     features = sae.encode(x)
-    recon = sae.decode(features)
-    sse = (recon - x).pow(2).sum(-1)
-    total = (x - x.mean(0)).pow(2).sum(-1)
-    return {
-        "n": len(x),
-        "mse": float((recon - x).pow(2).mean()),
-        "explained_variance": float(1 - sse.mean() / total.mean()),
-        "l0": float((features != 0).float().sum(-1).mean()),
-    }
+    return {"n": len(x), **_fit(x, sae.decode(features), features)}
 
 
 def train_sae(
@@ -183,16 +187,7 @@ def _prepend(first, rest):
 
 @torch.no_grad()
 def _curve_point(step: int, output) -> dict[str, float]:
-    x, recon = output.sae_in, output.sae_out
-    sse = (recon - x).pow(2).sum(-1)
-    total = (x - x.mean(0)).pow(2).sum(-1)
-    return {
-        "step": step,
-        "loss": float(output.loss),
-        "mse": float((recon - x).pow(2).mean()),
-        "l0": float((output.feature_acts != 0).float().sum(-1).mean()),
-        "explained_variance": float(1 - sse.mean() / total.mean()) if float(total.mean()) > 0 else math.nan,
-    }
+    return {"step": step, "loss": float(output.loss), **_fit(output.sae_in, output.sae_out, output.feature_acts)}
 
 
 def _inference_sae(training_sae):
