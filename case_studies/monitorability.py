@@ -175,6 +175,15 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
+def _by_label(flags, labels, positive) -> dict[str, dict]:
+    """Exact match within each class of the hidden label (a monitor reading errors shows here)."""
+    flags, labels = [bool(f) for f in flags], [int(y) for y in labels]
+    return {
+        str(positive): proportion_of([f for f, y in zip(flags, labels, strict=True) if y == 1]),
+        "other": proportion_of([f for f, y in zip(flags, labels, strict=True) if y == 0]),
+    }
+
+
 def headline(test, train, positive, accuracy, auroc, per_step, comparison, n_steps) -> dict[str, Any]:
     """The flat ``summary``: accuracies, AUROCs of the main monitors per source, step 0, the paired difference."""
     value = lambda ci: None if ci is None else ci.get("value")  # noqa: E731
@@ -249,6 +258,8 @@ def run(
         fitted, final, test_prompts, y_test, seed=seed, resamples=resamples
     )
     accuracy = {"diffusion": proportion_of(correct) if correct is not None else None, "ar": None}
+    if correct is not None:
+        accuracy["diffusion_by_label"] = _by_label(correct, y_test, positive)
     details = {"trained on diffusion finals": fitted["details"]}
     twin = _twin(hm) if task is not None and ar else None
     if twin is not None:
@@ -262,6 +273,7 @@ def run(
             fitted, ar_test, test_prompts, y_test, seed=seed, resamples=resamples
         )[0]
         accuracy["ar"] = proportion_of(ar_correct)
+        accuracy["ar_by_label"] = _by_label(ar_correct, y_test, positive)
         details["trained on AR outputs"] = fitted_ar["details"]
     else:
         notes.append("AR part off (ar=False)" if not ar else "no AR twin for this model: AR comparison skipped")

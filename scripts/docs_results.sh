@@ -25,6 +25,8 @@ study self-correction self_correction docs/figures/case-studies/self-correction 
 study smearing smearing docs/figures/case-studies/smearing --n 100
 study response-length response_length docs/figures/case-studies/response-length --n 100
 OMP_NUM_THREADS=1 study sae-features sae_features docs/figures/saes --n 200   # docs/saes.md
+OMP_NUM_THREADS=1 study sae-splice sae_splice docs/figures/saes/splice --n 200  # docs/saes.md, every shipped model
+cp "$OUT"/sae_splice/tables.md docs/results/sae_splice.md
 "$PY" benchmarks/record_io.py --json docs/results/record_io.json
 "$PY" benchmarks/instrument_examples.py
 "$PY" benchmarks/viewer_examples.py

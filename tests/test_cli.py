@@ -186,6 +186,8 @@ def test_sae_train_writes_a_sae_lens_folder_and_eval_prints_the_per_step_tables(
 
     tables = json.loads((tmp_path / "eval.json").read_text())
     assert tables["hook"] == "decoder.blocks.1.hook_resid_post" and tables["splice"]["n"] == 4
+    delta = tables["splice"]["steps"][0]["delta_ce"]
+    assert f"{delta['value']:+.3f} [{delta['ci_low']:+.3f}, {delta['ci_high']:+.3f}]" in result.stdout
     bad = run_cli("sae", "train", "--model", "carry", "--hook", "encoder.blocks.0.hook_resid_post", "--out", str(out))
     assert bad.returncode == 2 and "not a decoder hook" in bad.stderr
     assert (out / "cfg.json").is_file()  # the earlier folder is untouched by the refused run

@@ -234,6 +234,7 @@ def test_a_hint_always_changes_the_answer_and_the_scratchpad_stays_honest():
     assert abs(len(hinted) / 2000 - hint.HINT_PROB) < 4 * math.sqrt(0.25 / 2000)
     for example in examples[:300]:
         digits, given = hint.parse_prompt(example.prompt)
+        assert len(digits) == hint.N_DIGITS  # fixed length: every running sum at a fixed position
         running = list(itertools.accumulate(digits, lambda a, b: (a + b) % 10))
         words = example.answer.split()
         assert words[3:] == [str(x) for x in running]

@@ -6,6 +6,7 @@ strength 0 must change nothing, and a schedule must touch only the steps it name
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -21,7 +22,14 @@ from diffinterp.instruments.saes.activations import (
 )
 from diffinterp.instruments.saes.features import commit_steps, feature_trace, forming_steps
 from diffinterp.instruments.saes.sae_lens_compat import import_sae_lens
-from diffinterp.instruments.saes.splicing import ablate, reconstruction_by_step, splice_by_step, spliced
+from diffinterp.instruments.saes.splicing import (
+    ablate,
+    cross_entropy,
+    cross_entropy_by_row,
+    reconstruction_by_step,
+    splice_by_step,
+    spliced,
+)
 from diffinterp.instruments.saes.training import SAETrainingConfig, load_sae, reconstruction_metrics, train_sae
 from diffinterp.instruments.steering import mean_difference, steered
 from diffinterp.organisms.batches import canvas_batch
@@ -105,6 +113,19 @@ def test_per_step_reconstruction_and_the_splice_table(hm, trained, prompts):
     assert first["step"] == 0 and first["n"] == 8
     assert first["accuracy_clean"]["value"] == table["clean_accuracy"]["value"]
     assert first["ce_clean"] > 0 and first["ce_spliced"] != first["ce_clean"]
+    assert first["delta_ce"]["n"] == 8 and first["delta_ce"]["ci_low"] <= first["delta_ce"]["value"]
+    assert first["delta_ce"]["value"] <= first["delta_ce"]["ci_high"]
+
+
+def test_cross_entropy_by_row_is_each_rows_own_cross_entropy():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(3, 5, 7), torch.randint(0, 7, (3, 5))
+    targets[1, :3] = -100  # row 1 gives two positions
+    targets[2] = -100  # row 2 none
+    rows = cross_entropy_by_row(logits, targets)
+    for row in range(2):
+        assert rows[row] == pytest.approx(cross_entropy(logits[row : row + 1], targets[row : row + 1]), rel=1e-6)
+    assert rows[2].isnan()
 
 
 def test_steering_at_zero_strength_changes_nothing(hm, trained, prompts):
@@ -212,3 +233,24 @@ def test_the_sae_case_study_runs_end_to_end(hm, tmp_path):
         assert (tmp_path / "study" / f"{name}.png").stat().st_size > 1000
     sae_lens = import_sae_lens()
     assert sae_lens.SAE.load_from_disk(tmp_path / "study" / "saes" / "layer2").cfg.d_sae == 256
+
+
+def test_the_splice_study_runs_end_to_end_and_its_tables_are_its_metrics(hm, tmp_path):
+    """The sae-splice study at its smallest on carry: one layer, a short training."""
+    from case_studies import sae_splice
+
+    metrics = sae_splice.run(hm, n=8, quick=True, training_steps=15, out_dir=tmp_path / "study")
+    ((name, model),) = metrics["models"].items()
+    assert name == "carry"
+    splice = model["per_layer"][0]["splice"]
+    first = splice["steps"][0]
+    # every carry row has the same number of targets, so the mean of per-row differences is the
+    # difference of the token means
+    assert first["delta_ce"]["value"] == pytest.approx(first["ce_spliced"] - first["ce_clean"], abs=1e-5)
+    alternative = model["gate"]["alternative"]["finding"]  # re-measured under the other sampler setting
+    assert alternative["n"] > 0 and alternative["ci_low"] <= alternative["value"] <= alternative["ci_high"]
+    tables = (tmp_path / "study" / "tables.md").read_text()
+    written = json.loads((tmp_path / "study" / "metrics.json").read_text())  # what regenerating the docs reads
+    assert tables == sae_splice.tables_markdown(written["models"])
+    assert f"| {name} | 0 | 8 | {first['delta_ce']['value']:+.3f} [" in tables
+    assert (tmp_path / "study" / f"splice_delta_ce_{name}.png").stat().st_size > 1000

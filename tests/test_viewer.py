@@ -27,6 +27,8 @@ CLEAN = ["arith a=3 b=a+4 ? b", "hop x=5 q=7 m=x k=q t=m ? t"]
 CORRUPT = ["arith a=5 b=a+4 ? b", "hop x=3 q=7 m=x k=q t=m ? t"]
 NAMES = ["decoder.blocks.*.hook_resid_post", "decoder.blocks.*.attn.hook_pattern"]
 STEPS = 6
+SAE_HOOK = "decoder.blocks.1.hook_resid_post"
+SAE_FEATURES = [3, 11, 20]
 TOL = 0.5 / vw.P_SCALE + 1e-6  # one quantisation step of a probability
 
 
@@ -36,16 +38,32 @@ def hm():
 
 
 @pytest.fixture(scope="module")
-def run(hm):
+def sae(hm):
+    """A seeded, untrained SAELens Top-K SAE on layer 1's residual stream: the page must show what it
+    computes, whatever it learned."""
+    from diffinterp.instruments.saes.sae_lens_compat import import_sae_lens
+
+    sae_lens = import_sae_lens()  # before any sae_lens submodule (it bridges TransformerLens 4)
+    from sae_lens.saes.sae import SAEMetadata
+
+    torch.manual_seed(0)
+    cfg = sae_lens.TopKSAEConfig(d_in=hm.text_config.hidden_size, d_sae=32, k=4,
+                                 metadata=SAEMetadata(model_name="toy4", hook_name=SAE_HOOK))  # fmt: skip
+    return sae_lens.TopKSAE(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def run(hm, sae):
     """Two prompts of the toy4 model, every step run, with logits, the residual stream and attention
-    cached, and a step x layer patching sweep from corrupted twins."""
+    cached, a step x layer patching sweep from corrupted twins, and three SAE features."""
     clean, cache, corrupt, _ = pt.coupled_runs(
         hm, CLEAN, CORRUPT, NAMES, max_denoising_steps=STEPS, stability_threshold=STEPS
     )
     _, clean_out = pt.final_outputs(hm, clean)
     _, corrupt_out = pt.final_outputs(hm, corrupt)
     sweep = pt.step_layer_sweep(hm, clean, corrupt, cache, pt.LogitDiff(clean_out, corrupt_out), mode="step")
-    page = vw.view_html(clean, cache, hm=hm, patching=[sweep], title="test run")
+    features = vw.FeatureSelection(sae, SAE_HOOK, features=SAE_FEATURES)
+    page = vw.view_html(clean, cache, hm=hm, patching=[sweep], saes=[features], title="test run")
     return clean, cache, sweep, page
 
 
@@ -200,6 +218,64 @@ def test_patching_panel_holds_the_restored_fraction_and_reads_patching_json(run)
         vw.patching_panel({"axes": {"step": [0]}})
 
 
+def reference_commit(values: torch.Tensor, tol: float = 0.1) -> list[int]:
+    """Brute force: the first step from which every later value is within ``tol`` x the largest
+    magnitude of the final value (``values`` ``[steps]``)."""
+    scale = max(float(values.abs().max()), 1e-12)
+    return next(s for s in range(len(values)) if all(abs(float(v - values[-1])) <= tol * scale for v in values[s:]))
+
+
+def test_sae_feature_panels_hold_the_saes_activations_and_commit_steps(run, sae):
+    clean, cache, _, page = run
+    panels = page_data(page)["blocks"][0]["features"]
+    assert [p["feature"] for p in panels] == SAE_FEATURES and all(p["hook"] == SAE_HOOK for p in panels)
+    n_steps = clean.block(0).n_steps
+    # independent reference: SAELens's own encode of each cached step's activation
+    with torch.no_grad():
+        acts = torch.stack([sae.encode(cache[SAE_HOOK, s].float()) for s in range(n_steps)])  # [S, B, P, 32]
+    assert acts[..., SAE_FEATURES].abs().sum() > 0  # the panels are not all zero
+    for panel, f in zip(panels, SAE_FEATURES, strict=True):
+        values = acts[..., f]
+        assert panel["steps"] == n_steps and panel["positions"] == list(range(clean.canvas_length))
+        values = values.detach()
+        assert abs(panel["max"] - float(values.abs().max())) <= 1e-5 * max(1.0, panel["max"])
+        shown = torch.tensor(panel["values"], dtype=torch.float64).view(values.shape) / vw.F_SCALE * panel["max"]
+        assert (shown - values.double()).abs().max() <= 0.5 * panel["max"] / vw.F_SCALE + 1e-6
+        commit = torch.tensor(panel["commit"]).view(values.shape[1:])
+        for row in range(values.shape[1]):
+            for pos in range(values.shape[2]):
+                assert int(commit[row, pos]) == reference_commit(values[:, row, pos])
+
+
+def test_changing_features_ranks_by_movement_over_steps_and_errors_are_clear(run, sae):
+    clean, cache, _, _ = run
+    trace = torch.zeros(3, 1, 2, 4)
+    trace[:, 0, 0, 2] = torch.tensor([0.0, 1.0, 0.0])  # moves by 2
+    trace[:, 0, 1, 1] = torch.tensor([0.0, 0.5, 0.5])  # moves by 0.5
+    trace[:, 0, 0, 3] = 7.0  # large but constant: does not move
+    assert vw.changing_features(trace, 3) == [2, 1, 0]
+    top = vw.view_data(clean, cache, saes=[vw.FeatureSelection(sae, SAE_HOOK, top=2)])["blocks"][0]["features"]
+    n = clean.block(0).n_steps
+    with torch.no_grad():
+        acts = torch.stack([sae.encode(cache[SAE_HOOK, s].float()) for s in range(n)])
+    assert [p["feature"] for p in top] == vw.changing_features(acts, 2)
+    with pytest.raises(ValueError, match="is not a feature of this SAE"):
+        vw.view_data(clean, cache, saes=[vw.FeatureSelection(sae, SAE_HOOK, features=[32])])
+    with pytest.raises(TypeError, match="a feature index is an integer"):
+        vw.view_data(clean, cache, saes=[vw.FeatureSelection(sae, SAE_HOOK, features=[True])])
+    numpy_index = vw.feature_panels(vw.FeatureSelection(sae, SAE_HOOK, features=[np.int64(3)]), cache, 0)
+    assert numpy_index == vw.feature_panels(vw.FeatureSelection(sae, SAE_HOOK, features=[3]), cache, 0)
+    with pytest.raises(ValueError, match="over the viewer's limit of 100"):
+        vw.feature_panels(vw.FeatureSelection(sae, SAE_HOOK, features=[3]), cache, 0, max_values=100)
+    with pytest.raises(ValueError, match="cache that hook at every step"):
+        vw.view_data(clean, cache, saes=[vw.FeatureSelection(sae, "decoder.blocks.1.hook_mlp_out")])
+    with pytest.raises(ValueError, match="is an attention pattern"):
+        vw.view_data(clean, cache, saes=[vw.FeatureSelection(sae, "decoder.blocks.1.attn.hook_pattern")])
+    narrow = type(sae)(type(sae.cfg)(d_in=64, d_sae=8, k=2))  # an SAE of another model's width
+    with pytest.raises(ValueError, match="has 128 features per position and the SAE reads 64"):
+        vw.view_data(clean, cache, saes=[vw.FeatureSelection(narrow, SAE_HOOK)])
+
+
 def test_topk_recorder_keeps_the_recorded_logits_topk(hm):
     ids, mask = hm.to_tokens(CLEAN[:1])
     recorder = vw.TopKRecorder(k=5)
@@ -249,11 +325,12 @@ def test_show_builds_the_page_only_when_displayed(run):
 
 # ------------------------------------------------------------------------------------------ command
 @pytest.fixture(scope="module")
-def saved(run, tmp_path_factory):
+def saved(run, sae, tmp_path_factory):
     clean, cache, sweep, _ = run
     folder = tmp_path_factory.mktemp("view")
     clean.save(folder / "run.trajectory.safetensors")
     cache.save(folder / "run.safetensors")
+    sae.save_model(folder / "sae")  # SAELens's format, as `diffinterp sae train` writes
     summary = {"axes": sweep.axes, "restored_fraction": sweep.mean(normalised=True).tolist(), "sweep": "step-layer"}
     (folder / "patching.json").write_text(json.dumps(summary))
     return folder
@@ -270,6 +347,27 @@ def test_view_command_writes_one_page(saved, capsys):
     assert block["topk"] and block["lens"] and block["attention"] and len(data["patching"]) == 1
     assert data["strings"][block["argmax"][0]] != f"#{data['ids'][block['argmax'][0]]}"  # the model's tokens
     assert [p.name for p in out.parent.iterdir()] == ["view.html"]  # written atomically: no temporary left
+
+
+def test_view_command_shows_sae_features(saved, run, capsys):
+    out = saved / "sae-page.html"
+    args = ["view", str(saved / "run.trajectory.safetensors"), "--cache", str(saved / "run.safetensors"),
+            "--model", "toy4", "--sae", str(saved / "sae"), "--out", str(out)]  # fmt: skip
+    assert main([*args, "--features", ",".join(map(str, SAE_FEATURES))]) == 0
+    shown = page_data(out.read_text())["blocks"][0]["features"]
+    expected = page_data(run[3])["blocks"][0]["features"]  # the panels view_data built from the same SAE
+    assert [p["name"] for p in shown] == [f"sae: {SAE_HOOK}"] * len(SAE_FEATURES)
+    assert [{**p, "name": None} for p in shown] == [{**p, "name": None} for p in expected]
+    assert main([*args, "--top-features", "2"]) == 0
+    assert len(page_data(out.read_text())["blocks"][0]["features"]) == 2
+    capsys.readouterr()
+    assert main([*args, "--features", "3,x"]) == 2
+    assert "--features takes comma-separated feature indices" in capsys.readouterr().err
+    no_cache = ["view", str(saved / "run.trajectory.safetensors"), "--model", "toy4", "--sae", str(saved / "sae")]
+    assert main([*no_cache, "--out", str(out)]) == 2
+    assert "--sae reads the SAE's hook from the run's cache: give --cache" in capsys.readouterr().err
+    assert main([*args[:-4], "--sae", str(saved), "--out", str(out)]) == 2
+    assert "is not an SAE folder (no cfg.json)" in capsys.readouterr().err
 
 
 def test_view_command_errors_are_clear(saved, tmp_path, capsys):
@@ -445,6 +543,30 @@ def test_patching_cells_link_to_their_step_and_layer(page):
     assert page.locator("#lens tr.sel th").first.inner_text() == f"L{layer}"
 
 
+def test_sae_feature_heatmap_shows_the_selected_prompt_and_links_to_step_and_position(hm, run, sae, page):
+    clean, cache = run[0], run[1]
+    page.select_option("#row", "1")
+    options = page.locator("#feature option").all_text_contents()
+    assert options == [f"{SAE_HOOK} · feature {f}" for f in SAE_FEATURES]
+    page.select_option("#feature", "1")
+    assert page.locator("#features h3").inner_text() == f"{SAE_HOOK} · feature {SAE_FEATURES[1]}"
+    heatmap = page.locator("#features canvas")
+    left, top, cw, ch = heatmap.evaluate("c => [+c.dataset.left, +c.dataset.top, +c.dataset.cw, +c.dataset.ch]")
+    step, position = 3, 5  # rows are steps, columns positions
+    heatmap.hover(position={"x": left + (position + 0.5) * cw, "y": top + (step + 0.5) * ch})
+    with torch.no_grad():
+        value = float(sae.encode(cache[SAE_HOOK, step].float())[1, position, SAE_FEATURES[1]])
+    tip = page.inner_text("#tooltip")
+    assert tip.startswith(f"step {step}, position {position}: ")
+    assert abs(float(tip.split(": ")[1].split(" ")[0]) - value) <= 1e-3 * max(1.0, abs(value))
+    assert tip.endswith("argmax " + labels(hm, clean.step(0, step).argmax[1, position : position + 1])[0])
+    heatmap.click(position={"x": left + (position + 0.5) * cw, "y": top + (step + 0.5) * ch})
+    assert page.locator("#step").input_value() == str(step)
+    assert page.locator("#canvas .tok.sel").evaluate("e => +e.dataset.pos") == position
+    page.select_option("#row", "0")
+    assert page.errors == []
+
+
 def test_play_steps_through_the_run(page):
     page.locator("#step").fill("0")
     page.click("#play")
@@ -480,7 +602,8 @@ def test_canvases_and_id_labels_of_a_tokenizer_free_model(browser, tmp_path):
 def test_screenshot_is_not_blank(page):
     from PIL import Image
 
-    image = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
+    page.evaluate("() => window.scrollTo(0, 0)")
+    image = Image.open(io.BytesIO(page.screenshot())).convert("RGB")  # the viewport: canvas, grid, lens
     colours = image.getcolors(maxcolors=1_000_000)
     assert colours is not None and len(colours) > 100
     assert max(count for count, _ in colours) < 0.9 * image.width * image.height  # not one flat colour

@@ -98,13 +98,16 @@ def cmd_eval(args) -> int:
         torch.manual_seed(args.seed)
         targets = canvas_batch(prompts.answers, hm.config.canvas_length)
         result["splice"] = table = splice_by_step(
-            hm, sae, hook, prompts.input_ids, prompts.attention_mask, targets, **kwargs
+            hm, sae, hook, prompts.input_ids, prompts.attention_mask, targets, seed=args.seed, **kwargs
         )
         print(f"spliced at one step (clean accuracy {table['clean_accuracy']['value']:.3f}):")
-        print("step  rows  CE clean  CE spliced  accuracy clean  accuracy spliced")
+        print("step  rows  CE clean  CE spliced  ΔCE per row [95% CI]      accuracy clean  accuracy spliced")
         for row in table["steps"]:
+            delta = row["delta_ce"]
+            interval = "—" if delta["value"] is None else (
+                f"{delta['value']:+.3f} [{delta['ci_low']:+.3f}, {delta['ci_high']:+.3f}]")  # fmt: skip
             print(f"{row['step']:>4}  {row['n']:>4}  {row['ce_clean']:>8.3f}  {row['ce_spliced']:>10.3f}  "
-                  f"{row['accuracy_clean']['value']:>14.3f}  {row['accuracy_spliced']['value']:>16.3f}")  # fmt: skip
+                  f"{interval:<24}  {row['accuracy_clean']['value']:>14.3f}  {row['accuracy_spliced']['value']:>16.3f}")  # fmt: skip
     if args.json:
         write_json_atomic(args.json, result)
     return 0

@@ -32,6 +32,20 @@ def register(commands) -> None:
     view.add_argument(
         "--tokenizer", default=None, help="a tokenizer folder: token strings without loading a model (no lens)"
     )
+    view.add_argument(
+        "--sae",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="an SAE folder of `diffinterp sae train` (repeatable): its features over steps and positions; "
+        "its hook must be in --cache",
+    )
+    view.add_argument(
+        "--features",
+        default=None,
+        help="comma-separated SAE feature indices to show (default: the --top-features that change most over the run)",
+    )
+    view.add_argument("--top-features", type=int, default=8, help="features per SAE without --features (default 8)")
     view.add_argument("--top-k", type=int, default=10, help="top tokens per position and step (default 10)")
     view.add_argument(
         "--max-attention-mb", type=float, default=16.0, help="limit on the shipped attention (default 16)"
@@ -57,6 +71,16 @@ def cmd_view(args) -> int:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
     if not (math.isfinite(args.max_attention_mb) and args.max_attention_mb >= 0):
         raise ValueError(f"--max-attention-mb must be at least 0, got {args.max_attention_mb}")
+    if args.top_features < 1:
+        raise ValueError(f"--top-features must be at least 1, got {args.top_features}")
+    features = _feature_list(args.features)
+    if args.sae and not args.cache:
+        raise ValueError("--sae reads the SAE's hook from the run's cache: give --cache (a cache holding that hook)")
+    for folder in args.sae:
+        if not (Path(folder) / "cfg.json").is_file():
+            raise ValueError(
+                f"--sae {folder} is not an SAE folder (no cfg.json); `diffinterp sae train --out` writes one"
+            )
     inputs = [_existing(args.trajectory, "trajectory")]
     if args.cache:
         inputs.append(_existing(args.cache, "cache"))
@@ -80,12 +104,14 @@ def cmd_view(args) -> int:
     trajectory = Trajectory.load(inputs[0])
     cache = DenoisingCache.load(inputs[1]) if args.cache else None
     hm, tokenizer = _model_and_tokenizer(args, trajectory)
+    saes = [_feature_selection(folder, features, args.top_features) for folder in args.sae]
     data = view_data(
         trajectory,
         cache,
         hm=hm,
         tokenizer=tokenizer,
         patching=patching,
+        saes=saes,
         k=args.top_k,
         max_attention_bytes=int(args.max_attention_mb * 2**20),
         title=args.title or f"diffinterp view: {Path(args.trajectory).name}",
@@ -96,6 +122,7 @@ def cmd_view(args) -> int:
         "logit lens": any(b["lens"] for b in data["blocks"]),
         "attention": any(b["attention"] for b in data["blocks"]),
         "patching": bool(data["patching"]),
+        "SAE features": any(b["features"] for b in data["blocks"]),
     }
     missing = [name for name, present in shown.items() if not present]
     print(f"{trajectory.batch_size} prompts, {len(trajectory.blocks)} canvases, steps {trajectory.steps_per_block}")
@@ -103,6 +130,27 @@ def cmd_view(args) -> int:
         print("not in this page (not recorded): " + ", ".join(missing))
     print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB)")
     return 0
+
+
+def _feature_list(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        features = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--features takes comma-separated feature indices, e.g. 3,17; got {text!r}") from None
+    if not features:
+        raise ValueError(f"--features names no feature ({text!r})")
+    return features
+
+
+def _feature_selection(folder: str, features, top: int):
+    from diffinterp.figures.viewer import FeatureSelection
+    from diffinterp.instruments.saes.training import load_sae
+
+    sae, metadata = load_sae(folder)
+    hook = metadata["spec"].hook if "spec" in metadata else sae.cfg.metadata.hook_name
+    return FeatureSelection(sae, hook, features=features, top=top, name=f"{Path(folder).name}: {hook}")
 
 
 def _existing(path: str, what: str) -> Path:

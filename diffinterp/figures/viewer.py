@@ -8,7 +8,8 @@ The page scrubs the denoising steps of each prompt (batch row) and canvas (block
 tokens x steps with accepted / re-noised / committed marks and per-position entropy; hovering a
 token shows its top-k tokens and probabilities and what the self-conditioning bottleneck passes on;
 clicking a position shows its logit lens over layers x steps; attention per head of the selected
-step and layer; patching heatmaps linked to the steps, positions and layers they refer to.
+step and layer; patching heatmaps linked to the steps, positions and layers they refer to; SAE
+features as steps x positions heatmaps with each position's commit step marked.
 
 Everything is computed here, in Python, and shipped as compact JSON (:func:`view_data`): token ids
 as indices into one table of token strings, probabilities as integers in 1/``P_SCALE``, entropies
@@ -17,7 +18,8 @@ the page's hand-written JavaScript and CSS, inlined into the file (no CDN, no se
 
 Shapes (``S`` steps of a block, ``B`` prompts, ``C`` canvas positions, ``k`` top-k, ``L`` layers):
 the per-step arrays of a block are flattened in ``[S, B, C]`` order, top-k in ``[S, B, C, k]``,
-the lens in ``[S, L, B, P]`` (``P`` = the cached positions).
+the lens in ``[S, L, B, P]`` (``P`` = the cached positions), SAE features in ``[F, S, B, P]`` and
+their commit steps in ``[F, B, P]``.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ import base64
 import html
 import json
 import math
+import operator
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -38,6 +41,7 @@ import torch
 from diffinterp.core.bottleneck import Bottleneck, bottleneck_logits
 from diffinterp.instruments.lens import RESID_POST, settle_steps, unembed
 from diffinterp.instruments.patching import AttributionResult, PatchingResult
+from diffinterp.instruments.saes.features import commit_steps, encode_activation, feature_trace
 from diffinterp.records.cache import DenoisingCache
 from diffinterp.records.decoding import token_labels
 from diffinterp.records.files import write_text_atomic
@@ -47,9 +51,11 @@ FORMAT = "diffinterp.view/1"
 TOP_K = 10
 P_SCALE = 10_000  # probabilities as integers in 1/10000
 E_SCALE = 1_000  # entropies as integers in millinats
+F_SCALE = 1_000  # SAE feature activations as integers in 1/1000 of the feature's largest in the panel
 LOGITS_HOOK = "decoder.hook_logits"
 PATTERN = "decoder.blocks.{layer}.attn.hook_pattern"
 MAX_ATTENTION_BYTES = 16 * 2**20  # quantised attention shipped in one page (uint8, before base64)
+MAX_FEATURE_VALUES = 4 * 2**20  # SAE feature activations shipped per SAE and block (JSON integers)
 FIELDS = ("argmax", "sampled", "canvas_in", "canvas_out")
 
 
@@ -79,6 +85,19 @@ class LensTop1:
     steps: list[int]
     layers: list[int]
     positions: list[int] | None = None
+
+
+@dataclass
+class FeatureSelection:
+    """SAE features for the page: ``sae`` (a SAELens SAE) reading ``hook`` (cached for the run), and
+    the ``features`` to show; None shows the ``top`` features whose activation changes most over the
+    run's denoising steps (:func:`changing_features`). ``name`` labels them (default: the hook)."""
+
+    sae: Any
+    hook: str
+    features: Sequence[int] | None = None
+    top: int = 8
+    name: str | None = None
 
 
 class TopKRecorder:
@@ -181,6 +200,78 @@ def lens_top1(hm, cache: DenoisingCache, block: int = 0, rows_per_chunk: int = 8
                     probs[i, j, part] = best.values.exp().cpu()
     positions = list(cache.positions) if cache.positions is not None else None
     return LensTop1(tokens, probs, steps, layers, positions)
+
+
+def changing_features(trace: Iterable[torch.Tensor], top: int) -> list[int]:
+    """The ``top`` features whose activation moves most over the steps of ``trace`` (``[batch, pos,
+    d_sae]`` per step, e.g. a ``[steps, batch, pos, d_sae]`` tensor or a generator): the summed
+    absolute step-to-step change (with one step, the summed activation), most first; ties by index.
+    Streams: one step's features are held at a time."""
+    previous = movement = activation = None
+    for current in trace:
+        current = current.float()  # ranked in float32, on the trace's device
+        if previous is None:
+            activation = current.abs().sum((0, 1))
+            movement = torch.zeros_like(activation)
+        else:
+            movement += (current - previous).abs().sum((0, 1))
+        previous, moved = current, previous is not None
+    if previous is None:
+        raise ValueError("a feature trace needs at least one step")
+    movement = movement if moved else activation
+    order = torch.argsort(movement, descending=True, stable=True)  # stable: ties by index
+    return order[: max(0, top)].tolist()
+
+
+def _feature_index(feature, d_sae: int) -> int:
+    if isinstance(feature, bool):
+        raise TypeError(f"a feature index is an integer, got {feature!r}")
+    try:
+        index = operator.index(feature)  # Python, NumPy and torch integers
+    except TypeError:
+        raise TypeError(f"a feature index is an integer, got {feature!r}") from None
+    if not 0 <= index < d_sae:
+        raise ValueError(f"feature {index} is not a feature of this SAE (it has {d_sae}: 0 .. {d_sae - 1})")
+    return index
+
+
+def feature_panels(
+    selection: FeatureSelection, cache: DenoisingCache, block: int, max_values: int = MAX_FEATURE_VALUES
+) -> list[dict[str, Any]]:
+    """One panel per shown feature of ``selection`` on ``block``: its activation at every cached step
+    and position (integers in 1/``F_SCALE`` of ``max``, ``[steps, batch, pos]`` flattened) and each
+    position's commit step (:func:`~diffinterp.instruments.saes.features.commit_steps`, ``[batch, pos]``)."""
+    sae, hook = selection.sae, selection.hook
+    d_sae = sae.W_enc.shape[1]
+    if selection.features is not None:
+        features = [_feature_index(f, d_sae) for f in selection.features]
+    else:
+        per_step = (encode_activation(sae, cache.get(hook, step, block), hook) for step in cache.steps(hook, block))
+        features = changing_features(per_step, selection.top)
+    trace = feature_trace(sae, cache, hook, block=block, features=features).float().cpu()  # [S, B, P, shown]
+    if trace.numel() > max_values:
+        raise ValueError(
+            f"{len(features)} features of '{hook}' over block {block}'s {trace.shape[0]} steps x {trace.shape[1]} "
+            f"prompts x {trace.shape[2]} positions are {trace.numel():,} values, over the viewer's limit of "
+            f"{max_values:,}: show fewer features (--features / --top-features) or fewer prompts or steps"
+        )
+    trace = torch.nan_to_num(trace, nan=0.0, posinf=0.0, neginf=0.0)  # a NaN would make the page's JSON unreadable
+    positions = list(cache.positions) if cache.positions is not None else list(range(trace.shape[2]))
+    panels = []
+    for i, f in enumerate(features):
+        values = trace[..., i].float()  # [S, B, P]
+        top = float(values.abs().max())
+        panels.append({
+            "name": selection.name or selection.hook,
+            "hook": selection.hook,
+            "feature": f,
+            "steps": values.shape[0],
+            "positions": positions,
+            "max": top,
+            "values": quantise(values / (top or 1.0), F_SCALE),
+            "commit": _flags(commit_steps(values)),
+        })  # fmt: skip
+    return panels
 
 
 # ------------------------------------------------------------------------------------- encoding
@@ -337,6 +428,7 @@ def block_data(
     topk: TopK | None,
     lens: LensTop1 | None,
     attention: dict[str, Any] | None,
+    features: list[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """One canvas's arrays for the page (flattened ``[steps, batch, canvas]``; see the module docstring)."""
     record = trajectory.block(block)
@@ -359,6 +451,7 @@ def block_data(
     data["topk"] = encode_topk(topk, table, shape) if topk is not None else None
     data["lens"] = encode_lens(lens, table) if lens is not None else None
     data["attention"] = attention
+    data["features"] = list(features)
     return data
 
 
@@ -371,6 +464,7 @@ def view_data(
     patching: Iterable[Any] = (),
     topk: Mapping[int, TopK] | None = None,
     lens: Mapping[int, LensTop1] | None = None,
+    saes: Iterable[FeatureSelection] = (),
     k: int = TOP_K,
     max_attention_bytes: int = MAX_ATTENTION_BYTES,
     title: str | None = None,
@@ -380,9 +474,18 @@ def view_data(
     Token strings come from ``tokenizer`` (default ``hm.tokenizer``; ``#id`` labels without one). Top-k
     comes from ``topk`` (per block, e.g. :meth:`TopKRecorder.topk`) or the recorded logits; the logit lens
     from ``lens`` or, with ``hm``, from the cache's ``hook_resid_post``; attention from the cache's
-    ``attn.hook_pattern``; heatmaps from ``patching`` (see :func:`patching_panel`).
+    ``attn.hook_pattern``; heatmaps from ``patching`` (see :func:`patching_panel`); SAE feature
+    panels from ``saes`` (:class:`FeatureSelection`, read from the cache: each hook must be cached).
     """
     tokenizer = tokenizer if tokenizer is not None else getattr(hm, "tokenizer", None)
+    saes = list(saes)
+    for selection in saes:
+        if cache is None or selection.hook not in set(cache.names):
+            cached = "no cache given" if cache is None else f"the cache holds {', '.join(sorted(cache.names))}"
+            raise ValueError(
+                f"SAE features read '{selection.hook}' from the cache, and {cached}: cache that hook at every step "
+                f"(run_with_cache(names_filter=['{selection.hook}']) or diffinterp run --cache '{selection.hook}')"
+            )
     table = TokenTable(tokenizer)
     mask = trajectory.attention_mask.bool()
     prompts = [table.encode(trajectory.prompt_ids[row][mask[row]]) for row in range(trajectory.batch_size)]
@@ -396,7 +499,15 @@ def view_data(
         if block_lens is None and hm is not None and cache is not None:
             block_lens = lens_top1(hm, cache, index)
         attention = encode_attention(cache, index, max_attention_bytes) if cache is not None else None
-        blocks.append(block_data(trajectory, index, table, topk=top, lens=block_lens, attention=attention))
+        features = [
+            panel
+            for selection in saes
+            if index in cache.blocks(selection.hook)
+            for panel in feature_panels(selection, cache, index)
+        ]
+        blocks.append(
+            block_data(trajectory, index, table, topk=top, lens=block_lens, attention=attention, features=features)
+        )
     return {
         "format": FORMAT,
         "title": title or "diffinterp trajectory",
@@ -405,6 +516,7 @@ def view_data(
         "bottleneck": trajectory.bottleneck,
         "p_scale": P_SCALE,
         "e_scale": E_SCALE,
+        "f_scale": F_SCALE,
         "prompts": prompts,
         "blocks": blocks,
         "patching": [patching_panel(item) for item in patching],

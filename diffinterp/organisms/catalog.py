@@ -137,7 +137,7 @@ ORGANISMS: dict[str, Organism] = {
             (1.0,),
             12,
             "a digit sum, answer first, whose prompt carries a hint that changes the answer half the time",
-            "sum 3 8 5 2 7 hint 2",
+            "sum 3 8 5 2 7 4 1 6 hint 2",
             steps={"diffusion": 8000, "ar": 3000},
         ),
         Organism(

@@ -1,14 +1,15 @@
 /* diffinterp trajectory viewer. Reads the JSON of diffinterp/figures/viewer.py (#diffinterp-data):
    per block, arrays flattened as [steps, rows, canvas] of indices into D.strings (token labels) and
    D.ids (vocabulary ids); probabilities in 1/D.p_scale, entropies in 1/D.e_scale nats; attention as
-   base64 uint8 [rows, heads, query, key]. No network, no libraries. */
+   base64 uint8 [rows, heads, query, key]; SAE features per block as [steps, rows, positions] in
+   1/D.f_scale of the feature's largest activation. No network, no libraries. */
 (function () {
   "use strict";
   const D = JSON.parse(document.getElementById("diffinterp-data").textContent);
   const $ = (id) => document.getElementById(id);
-  const R = D.rows, C = D.canvas, PS = D.p_scale, ES = D.e_scale;
+  const R = D.rows, C = D.canvas, PS = D.p_scale, ES = D.e_scale, FS = D.f_scale;
   const FIELDS = ["argmax", "sampled", "canvas_in", "canvas_out"];
-  const state = { row: 0, block: 0, step: 0, field: "argmax", pos: -1, layer: null, timer: null };
+  const state = { row: 0, block: 0, step: 0, field: "argmax", pos: -1, layer: null, feature: 0, timer: null };
 
   const blk = () => D.blocks[state.block];
   const label = (i) => D.strings[i];
@@ -475,6 +476,36 @@
   }
 
   // ------------------------------------------------------------------ patching heatmaps, linked by their axes
+  // A canvas of w x h CSS pixels drawn at the screen's resolution, its cell layout in its dataset.
+  function heatmapCanvas(w, h, left, top, cw, ch) {
+    const cv = el("canvas"), dpr = window.devicePixelRatio || 1;
+    cv.width = w * dpr;
+    cv.height = h * dpr;
+    cv.style.width = w + "px";
+    cv.style.height = h + "px";
+    Object.assign(cv.dataset, { left: left, top: top, cw: cw, ch: ch });  // the cell layout, for scripts and tests
+    const ctx = cv.getContext("2d");
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    return [cv, ctx];
+  }
+
+  // Outline the selected row a0 and column c0 (-1: none), then set the style of the axis labels.
+  function outlineAndLabelStyle(ctx, left, top, cw, ch, rows, cols, a0, c0) {
+    ctx.strokeStyle = "#E69F00";
+    ctx.lineWidth = 2;
+    if (a0 >= 0) ctx.strokeRect(left - 1, top + a0 * ch - 1, cols * cw + 1, ch + 1);
+    if (c0 >= 0) ctx.strokeRect(left + c0 * cw - 1, top - 1, cw + 1, rows * ch + 1);
+    ctx.fillStyle = "#6b6b70";
+    ctx.font = "10px system-ui, sans-serif";
+    ctx.textAlign = "right";
+    ctx.textBaseline = "middle";
+  }
+
+  // The [row, column] of the heatmap cell under a mouse event, or null outside the cells.
+  function heatmapCell(e, left, top, cw, ch, rows, cols) {
+    const c = Math.floor((e.offsetX - left) / cw), a = Math.floor((e.offsetY - top) / ch);
+    return a >= 0 && a < rows && c >= 0 && c < cols ? [a, c] : null;
+  }
   const LINKS = { step: "step", position: "pos", pos: "pos", layer: "layer" };
   function linkedIndex(name, labels) {
     const key = LINKS[name];
@@ -508,14 +539,7 @@
       const info = Object.entries(P.info || {}).map(([k, v]) => k + ": " + v);
       info.push("colour: PuOr, \u00b1" + max.toFixed(3) + " (grey: undefined)");
       panel.appendChild(el("div", "info", info.join(" \u00b7 ")));
-      const cv = el("canvas"), dpr = window.devicePixelRatio || 1;
-      cv.width = w * dpr;
-      cv.height = h * dpr;
-      cv.style.width = w + "px";
-      cv.style.height = h + "px";
-      Object.assign(cv.dataset, { left: left, top: top, cw: cw, ch: ch });  // the cell layout, for scripts and tests
-      const ctx = cv.getContext("2d");
-      ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+      const [cv, ctx] = heatmapCanvas(w, h, left, top, cw, ch);
       for (let a = 0; a < rows; a++) {
         for (let c = 0; c < cols; c++) {
           const v = P.values[a * cols + c];
@@ -523,15 +547,7 @@
           ctx.fillRect(left + c * cw, top + a * ch, cw - 1, ch - 1);
         }
       }
-      ctx.strokeStyle = "#E69F00";
-      ctx.lineWidth = 2;
-      const a0 = linkedIndex(name0, labels0), c0 = linkedIndex(name1, labels1);
-      if (a0 >= 0) ctx.strokeRect(left - 1, top + a0 * ch - 1, cols * cw + 1, ch + 1);
-      if (c0 >= 0) ctx.strokeRect(left + c0 * cw - 1, top - 1, cw + 1, rows * ch + 1);
-      ctx.fillStyle = "#6b6b70";
-      ctx.font = "10px system-ui, sans-serif";
-      ctx.textAlign = "right";
-      ctx.textBaseline = "middle";
+      outlineAndLabelStyle(ctx, left, top, cw, ch, rows, cols, linkedIndex(name0, labels0), linkedIndex(name1, labels1));
       const every0 = Math.ceil(12 / ch), every1 = Math.ceil(22 / cw);
       labels0.forEach((l, a) => { if (a % every0 === 0) ctx.fillText(String(l).slice(0, 10), left - 4, top + a * ch + ch / 2); });
       ctx.textAlign = "center";
@@ -542,10 +558,7 @@
       ctx.rotate(-Math.PI / 2);
       ctx.fillText(name0, 0, 0);
       ctx.restore();
-      const cellOf = (e) => {
-        const c = Math.floor((e.offsetX - left) / cw), a = Math.floor((e.offsetY - top) / ch);
-        return a >= 0 && a < rows && c >= 0 && c < cols ? { a: a, c: c } : null;
-      };
+      const cellOf = (e) => { const hit = heatmapCell(e, left, top, cw, ch, rows, cols); return hit && { a: hit[0], c: hit[1] }; };
       cv.addEventListener("mousemove", (e) => {
         const hit = cellOf(e);
         if (!hit) { hideTip(); return; }
@@ -566,6 +579,69 @@
     });
   }
 
+  // ------------------------------------------------------------------ SAE features: steps x positions, commit steps marked
+  function initFeatures() {
+    $("feature").addEventListener("change", (e) => { state.feature = +e.target.value; update(); });
+  }
+
+  let featureBlock = null;
+  function renderFeatures() {
+    const F = blk().features || [], box = $("features"), select = $("feature");
+    if (featureBlock !== state.block) {  // the selector lists the features of the shown canvas
+      featureBlock = state.block;
+      select.textContent = "";
+      F.forEach((f, n) => select.appendChild(new Option(f.name + " \u00b7 feature " + f.feature, n)));
+      state.feature = 0;
+    }
+    box.textContent = "";
+    if (!F.length) {
+      box.appendChild(el("p", "empty", "no SAE features (diffinterp view --sae DIR, with the SAE's hook cached)"));
+      return;
+    }
+    const P = F[Math.min(state.feature, F.length - 1)], r = state.row, NP = P.positions.length, S = P.steps;
+    const value = (s, p) => (P.values[(s * R + r) * NP + p] / FS) * P.max;
+    const cw = Math.max(6, Math.min(28, Math.floor(640 / NP))), ch = Math.max(6, Math.min(18, Math.floor(360 / S)));
+    const left = 40, top = 8, bottom = 34, w = Math.max(200, left + NP * cw + 8), h = top + S * ch + bottom;
+    const panel = el("div", "panel");
+    panel.appendChild(el("h3", "", P.name + " \u00b7 feature " + P.feature));
+    panel.appendChild(el("div", "info", "largest activation in this run " + P.max.toPrecision(4) +
+      " \u00b7 colour: Blues, 0 \u2026 " + P.max.toPrecision(4) + " \u00b7 black outline: commit step"));
+    const [cv, ctx] = heatmapCanvas(w, h, left, top, cw, ch);
+    for (let s = 0; s < S; s++) {
+      for (let p = 0; p < NP; p++) {
+        ctx.fillStyle = rgb(ramp(BLUES, Math.abs(P.values[(s * R + r) * NP + p]) / FS));
+        ctx.fillRect(left + p * cw, top + s * ch, cw - 1, ch - 1);
+      }
+    }
+    ctx.strokeStyle = "#000";
+    ctx.lineWidth = 1.5;
+    for (let p = 0; p < NP; p++) ctx.strokeRect(left + p * cw + 0.5, top + P.commit[r * NP + p] * ch + 0.5, cw - 2, ch - 2);
+    outlineAndLabelStyle(ctx, left, top, cw, ch, S, NP, state.step < S ? state.step : -1, P.positions.indexOf(state.pos));
+    const everyS = Math.ceil(12 / ch), everyP = Math.ceil(22 / cw);
+    for (let s = 0; s < S; s += everyS) ctx.fillText("s" + s, left - 4, top + s * ch + ch / 2);
+    ctx.textAlign = "center";
+    P.positions.forEach((pos, p) => { if (p % everyP === 0) ctx.fillText(String(pos), left + p * cw + cw / 2, top + S * ch + 8); });
+    ctx.fillText("position", left + (NP * cw) / 2, top + S * ch + 24);
+    const cellOf = (e) => { const hit = heatmapCell(e, left, top, cw, ch, S, NP); return hit && { s: hit[0], p: hit[1] }; };
+    cv.addEventListener("mousemove", (e) => {
+      const hit = cellOf(e);
+      if (!hit) { hideTip(); return; }
+      const pos = P.positions[hit.p], b = blk(), token = hit.s < b.steps ? " \u00b7 argmax " + label(b.argmax[idx(hit.s, r, pos)]) : "";
+      showTip(el("div", "feature-tip", "step " + hit.s + ", position " + pos + ": " + value(hit.s, hit.p).toPrecision(4) +
+        " (commits at step " + P.commit[r * NP + hit.p] + ")" + token), e);
+    });
+    cv.addEventListener("mouseleave", hideTip);
+    cv.addEventListener("click", (e) => {
+      const hit = cellOf(e);
+      if (!hit) return;
+      if (hit.s < blk().steps) state.step = hit.s;
+      state.pos = P.positions[hit.p];
+      update();
+    });
+    panel.appendChild(cv);
+    box.appendChild(panel);
+  }
+
   // ------------------------------------------------------------------ everything follows the state
   function update() {
     state.step = Math.max(0, Math.min(state.step, blk().steps - 1));
@@ -576,10 +652,12 @@
     renderLens();
     renderAttention();
     renderPatching();
+    renderFeatures();
   }
 
   initControls();
   initGrid();
+  initFeatures();
   update();
   window.diffinterpViewer = { data: D, state: state, update: update };
 })();

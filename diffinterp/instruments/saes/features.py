@@ -21,6 +21,11 @@ from diffinterp.stats import auroc
 def encode_activation(sae, activation: torch.Tensor, name: str) -> torch.Tensor:
     """``[batch, pos, d_sae]``: the SAE's feature activations for one hook activation."""
     x = flat_features(activation, name)
+    if x.shape[-1] != sae.W_enc.shape[0]:
+        raise ValueError(
+            f"'{name}' has {x.shape[-1]} features per position and the SAE reads {sae.W_enc.shape[0]}: "
+            "give the SAE trained on this hook of this model"
+        )
     return sae.encode(x.reshape(-1, x.shape[-1]).to(sae.W_enc.dtype)).reshape(*x.shape[:2], -1)
 
 
@@ -33,8 +38,8 @@ def feature_trace(sae, cache, hook: str, *, block: int = 0, features=None) -> to
         raise ValueError(f"the cache holds no decoder steps of '{hook}' in block {block}: cache it with run_with_cache")
     if steps != list(range(len(steps))):
         raise ValueError(f"the cache holds steps {steps} of '{hook}': a trace needs every step from 0")
-    trace = torch.stack([encode_activation(sae, cache.get(hook, step, block), hook) for step in steps])
-    return trace if features is None else trace[..., list(features)]
+    keep = slice(None) if features is None else list(features)  # kept per step: never all features at once
+    return torch.stack([encode_activation(sae, cache.get(hook, step, block), hook)[..., keep] for step in steps])
 
 
 def commit_steps(trace: torch.Tensor, *, tol: float = 0.1) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 
 from diffinterp.instruments.saes.activations import flat_features, position_masks
 from diffinterp.instruments.saes.training import reconstruction_metrics
-from diffinterp.stats import proportion_of
+from diffinterp.stats import mean_ci, proportion_of
 
 FeatureEdit = Callable[[torch.Tensor, object], torch.Tensor]
 
@@ -96,6 +96,16 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tenso
     return float(torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100))
 
 
+def cross_entropy_by_row(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``[batch]``: each row's mean cross-entropy of ``logits`` ``[batch, pos, vocab]`` against
+    ``targets`` ``[batch, pos]`` over the positions it gives (-100 = ignored; NaN if it gives none)."""
+    per_token = torch.nn.functional.cross_entropy(
+        logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
+    )  # [batch, pos], 0 where ignored
+    given = (targets != -100).sum(-1)
+    return per_token.sum(-1) / given.clamp(min=1) + torch.where(given > 0, 0.0, float("nan"))
+
+
 def exact_match(canvas: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """``[batch]`` bool: the canvas equals ``targets`` wherever a target is given (not -100)."""
     given = targets != -100
@@ -104,7 +114,7 @@ def exact_match(canvas: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def splice_by_step(
-    hm, sae, hook: str, input_ids, attention_mask, targets: torch.Tensor, *, steps=None, **gen_kwargs
+    hm, sae, hook: str, input_ids, attention_mask, targets: torch.Tensor, *, steps=None, seed: int = 0, **gen_kwargs
 ) -> dict:
     """The DLM-Scope splice test, one denoising step at a time.
 
@@ -112,7 +122,9 @@ def splice_by_step(
     for each step ``s`` (default: every step the clean run made in block 0) a run with the SAE
     replacing ``hook`` at step ``s`` only. Per step: the cross-entropy of step ``s``'s logits against
     ``targets`` (the reference canvas, ``[batch, canvas]``, -100 = ignored) spliced and clean, and
-    the final exact match spliced and clean (over rows still denoising at ``s``)."""
+    the final exact match spliced and clean (over rows still denoising at ``s``), and ``delta_ce``:
+    the mean over those rows of each row's spliced minus clean cross-entropy with a paired
+    bootstrap 95% interval (rows resampled; ``seed`` seeds it)."""
     clean = hm.generate(input_ids, attention_mask=attention_mask, record_logits=True, **gen_kwargs)
     record = clean.blocks[0]
     clean_match = exact_match(record.final_canvas, targets)
@@ -124,6 +136,10 @@ def splice_by_step(
         with spliced(hm, sae, hook, steps=[step], blocks=[0]):
             run = hm.generate(input_ids, attention_mask=attention_mask, record_logits=True, replay=clean, **gen_kwargs)
         match = exact_match(run.blocks[0].final_canvas, targets)
+        clean_logits, spliced_logits = record.steps[step].logits[active], run.blocks[0].steps[step].logits[active]
+        delta = cross_entropy_by_row(spliced_logits, targets[active]) - cross_entropy_by_row(
+            clean_logits, targets[active]
+        )
         out["steps"].append(
             {
                 "step": step,
@@ -132,6 +148,8 @@ def splice_by_step(
                 "ce_spliced": cross_entropy(run.blocks[0].steps[step].logits, targets, active),
                 "accuracy_clean": proportion_of(clean_match[active].tolist()),
                 "accuracy_spliced": proportion_of(match[active].tolist()),
+                # rows that give no target have no CE; any other NaN (a broken splice) is kept and shows
+                "delta_ce": mean_ci(delta[(targets[active] != -100).any(-1)].tolist(), seed=seed),
             }
         )
     return out
