@@ -50,14 +50,19 @@ DIGITS = 10  # the carry answer's digits fill canvas positions 0..9
 STRENGTHS = (1.0, 2.0, 4.0, 8.0)  # multiples of the feature's mean activation when it is on
 
 
-def _train_layer(hm, layer: int, *, width, k, steps, seed, out_dir: Path, held, tasks) -> tuple[Any, dict]:
+def train_layer_sae(hm, layer: int, *, task: str, held_prompts, folder: Path, width: int, k: int,
+                    training_steps: int, seed: int, model_name: str, gen_kwargs: dict):  # fmt: skip
+    """A Top-K SAE on ``decoder.blocks.{layer}.hook_resid_post`` (every step and position) from
+    fresh training-split generations of ``task``, saved to ``folder``; its held-out metrics on the
+    activations of ``held_prompts``. Shared by the SAE case studies. Returns SAELens's training result."""
     spec = ActivationSpec(f"decoder.blocks.{layer}.hook_resid_post")
-    config = SAETrainingConfig(spec, width=width, k=k, training_samples=256 * steps, lr=1e-3, seed=seed, log_every=25)
-    batches = studies.training_prompt_batches(hm, 64, seed=seed + layer, tasks=tasks)
-    stream = activation_stream(hm, batches, spec, batch_size=256, buffer_size=8192, seed=seed)
-    result = train_sae(hm, stream, config, out=out_dir / "saes" / f"layer{layer}", held_out=held(spec),
-                       model_name=studies.model_info(hm)["name_or_path"], progress=False)  # fmt: skip
-    return result.sae, {"curve": result.curve, "held_out": result.held_out, "folder": f"saes/layer{layer}"}
+    torch.manual_seed(seed)
+    held, _ = step_activations(hm, held_prompts.input_ids, held_prompts.attention_mask, spec, **gen_kwargs)
+    config = SAETrainingConfig(spec, width=width, k=k, training_samples=256 * training_steps, lr=1e-3, seed=seed,
+                               log_every=25)  # fmt: skip
+    batches = studies.training_prompt_batches(hm, 64, seed=seed + layer, tasks=[task])
+    stream = activation_stream(hm, batches, spec, batch_size=256, buffer_size=8192, seed=seed, **gen_kwargs)
+    return train_sae(hm, stream, config, out=folder, held_out=held, model_name=model_name, progress=False)
 
 
 def _feature_dynamics(hm, sae, hook, prompts, targets, digit_ids, *, seed, gen_kwargs) -> dict:
@@ -178,15 +183,15 @@ def run(model=None, *, n: int = 200, out_dir: str | Path = "out/sae_features", s
     digit_ids = [hm.tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
     held_prompts = studies.prompt_set(hm, task, max(16, n // 4), seed=seed, offset=n)
 
-    def held(spec):
-        torch.manual_seed(seed)
-        return step_activations(hm, held_prompts.input_ids, held_prompts.attention_mask, spec, **gen_kwargs)[0]
-
     with studies.StudyOutput(out_dir) as out:
         saes, per_layer = {}, {}
         for lay in layers:
-            saes[lay], per_layer[lay] = _train_layer(hm, lay, width=width, k=k, steps=training_steps, seed=seed,
-                                                     out_dir=out.path, held=held, tasks=[task])  # fmt: skip
+            result = train_layer_sae(hm, lay, task=task, held_prompts=held_prompts,
+                                     folder=out.path / "saes" / f"layer{lay}", width=width, k=k,
+                                     training_steps=training_steps, seed=seed,
+                                     model_name=studies.model_info(hm)["name_or_path"], gen_kwargs=gen_kwargs)  # fmt: skip
+            saes[lay] = result.sae
+            per_layer[lay] = {"curve": result.curve, "held_out": result.held_out, "folder": f"saes/layer{lay}"}
             hook = f"decoder.blocks.{lay}.hook_resid_post"
             torch.manual_seed(seed)
             per_layer[lay]["reconstruction_by_step"] = reconstruction_by_step(

@@ -29,11 +29,10 @@ from typing import Any
 
 import torch
 
+from case_studies.sae_features import train_layer_sae
 from diffinterp import studies
 from diffinterp.figures import saes as sae_figures
-from diffinterp.instruments.saes.activations import ActivationSpec, activation_stream, step_activations
 from diffinterp.instruments.saes.splicing import reconstruction_by_step, splice_by_step
-from diffinterp.instruments.saes.training import SAETrainingConfig, train_sae
 from diffinterp.organisms.batches import canvas_batch
 from diffinterp.studies.gate import alternative_kwargs, measure_gate
 
@@ -53,21 +52,17 @@ def _measure_model(hm, name: str, out, *, n, seed, layers, width, k, training_st
     layers = sorted(set(layers)) if layers is not None else ([0] if quick else list(range(n_layers)))
     per_layer, saes = {}, {}
     for layer in layers:
-        spec = ActivationSpec(HOOK.format(layer=layer))
-        torch.manual_seed(seed)
-        held, _ = step_activations(hm, held_prompts.input_ids, held_prompts.attention_mask, spec, **gen_kwargs)
-        config = SAETrainingConfig(spec, width=width, k=k, training_samples=256 * training_steps, lr=1e-3,
-                                   seed=seed, log_every=25)  # fmt: skip
-        batches = studies.training_prompt_batches(hm, 64, seed=seed + layer, tasks=[task])
-        stream = activation_stream(hm, batches, spec, batch_size=256, buffer_size=8192, seed=seed, **gen_kwargs)
-        folder = out.path / "saes" / name / f"layer{layer}"
-        result = train_sae(hm, stream, config, out=folder, held_out=held, model_name=name, progress=False)
+        hook = HOOK.format(layer=layer)
+        result = train_layer_sae(hm, layer, task=task, held_prompts=held_prompts,
+                                 folder=out.path / "saes" / name / f"layer{layer}", width=width, k=k,
+                                 training_steps=training_steps, seed=seed, model_name=name,
+                                 gen_kwargs=gen_kwargs)  # fmt: skip
         saes[layer] = result.sae
         torch.manual_seed(seed)
-        reconstruction = reconstruction_by_step(hm, result.sae, spec.hook, prompts.input_ids, prompts.attention_mask,
+        reconstruction = reconstruction_by_step(hm, result.sae, hook, prompts.input_ids, prompts.attention_mask,
                                                 **gen_kwargs)  # fmt: skip
         torch.manual_seed(seed)
-        splice = splice_by_step(hm, result.sae, spec.hook, prompts.input_ids, prompts.attention_mask, targets,
+        splice = splice_by_step(hm, result.sae, hook, prompts.input_ids, prompts.attention_mask, targets,
                                 seed=seed, **gen_kwargs)  # fmt: skip
         per_layer[layer] = {"held_out": result.held_out, "curve": result.curve, "folder": f"saes/{name}/layer{layer}",
                             "reconstruction_by_step": reconstruction, "splice": splice}  # fmt: skip

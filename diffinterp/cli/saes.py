@@ -75,13 +75,13 @@ def cmd_eval(args) -> int:
     from diffinterp import studies
     from diffinterp.core.loading import load_model
     from diffinterp.instruments.saes.splicing import reconstruction_by_step, splice_by_step
-    from diffinterp.instruments.saes.training import load_sae
+    from diffinterp.instruments.saes.training import load_sae, sae_hook
     from diffinterp.organisms.batches import canvas_batch
     from diffinterp.records.files import write_json_atomic
 
     sae, metadata = load_sae(args.sae)
     hm = load_model(args.model)
-    hook = metadata["spec"].hook if "spec" in metadata else sae.cfg.metadata.hook_name
+    hook = sae_hook(sae, metadata)
     kwargs = generation_kwargs(args)
     tasks = list(studies.model_tasks(hm)) or [studies.RANDOM_TASK]
     prompts = studies.prompt_set(hm, tasks[0], args.n, seed=args.seed, offset=1000)

@@ -146,10 +146,10 @@ def _feature_list(text: str | None) -> list[int] | None:
 
 def _feature_selection(folder: str, features, top: int):
     from diffinterp.figures.viewer import FeatureSelection
-    from diffinterp.instruments.saes.training import load_sae
+    from diffinterp.instruments.saes.training import load_sae, sae_hook
 
     sae, metadata = load_sae(folder)
-    hook = metadata["spec"].hook if "spec" in metadata else sae.cfg.metadata.hook_name
+    hook = sae_hook(sae, metadata)
     return FeatureSelection(sae, hook, features=features, top=top, name=f"{Path(folder).name}: {hook}")
 
 

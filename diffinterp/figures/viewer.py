@@ -246,6 +246,8 @@ def feature_panels(
     if selection.features is not None:
         features = [_feature_index(f, d_sae) for f in selection.features]
     else:
+        # a first pass ranks the features one step at a time (a second encodes the chosen ones):
+        # twice the encoding, never every feature of every step in memory at once
         per_step = (encode_activation(sae, cache.get(hook, step, block), hook) for step in cache.steps(hook, block))
         features = changing_features(per_step, selection.top)
     trace = feature_trace(sae, cache, hook, block=block, features=features).float().cpu()  # [S, B, P, shown]

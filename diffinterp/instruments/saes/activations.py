@@ -99,6 +99,18 @@ def flat_features(activation: torch.Tensor, name: str) -> torch.Tensor:
     return activation
 
 
+def sae_input(sae, activation: torch.Tensor, name: str) -> torch.Tensor:
+    """``[batch * pos, d_in]``: a hook's activation as the rows ``sae`` reads, in its dtype; a clear
+    error when the widths differ (an SAE of another hook or model)."""
+    x = flat_features(activation, name)
+    if x.shape[-1] != sae.W_enc.shape[0]:
+        raise ValueError(
+            f"'{name}' has {x.shape[-1]} features per position and the SAE reads {sae.W_enc.shape[0]}: "
+            "give the SAE trained on this hook of this model"
+        )
+    return x.reshape(-1, x.shape[-1]).to(sae.W_enc.dtype)
+
+
 def position_masks(trajectory, block: int, positions: str) -> list[torch.Tensor]:
     """One ``[batch, canvas]`` bool mask per step of ``block``: the positions ``positions`` selects
     at that step (active rows only); what was accepted before is carried from step to step."""

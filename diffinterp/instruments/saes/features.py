@@ -13,20 +13,15 @@ from __future__ import annotations
 
 import torch
 
-from diffinterp.instruments.saes.activations import flat_features
+from diffinterp.instruments.saes.activations import sae_input
 from diffinterp.stats import auroc
 
 
 @torch.no_grad()
 def encode_activation(sae, activation: torch.Tensor, name: str) -> torch.Tensor:
     """``[batch, pos, d_sae]``: the SAE's feature activations for one hook activation."""
-    x = flat_features(activation, name)
-    if x.shape[-1] != sae.W_enc.shape[0]:
-        raise ValueError(
-            f"'{name}' has {x.shape[-1]} features per position and the SAE reads {sae.W_enc.shape[0]}: "
-            "give the SAE trained on this hook of this model"
-        )
-    return sae.encode(x.reshape(-1, x.shape[-1]).to(sae.W_enc.dtype)).reshape(*x.shape[:2], -1)
+    rows = sae_input(sae, activation, name)  # checks the hook and the width
+    return sae.encode(rows).reshape(*activation.shape[:2], -1)
 
 
 @torch.no_grad()

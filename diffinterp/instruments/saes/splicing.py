@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 import torch
 
-from diffinterp.instruments.saes.activations import flat_features, position_masks
+from diffinterp.instruments.saes.activations import flat_features, position_masks, sae_input
 from diffinterp.instruments.saes.training import reconstruction_metrics
 from diffinterp.stats import mean_ci, proportion_of
 
@@ -35,8 +35,7 @@ def splice_hook(sae, *, error_term: bool = False, edit: FeatureEdit | None = Non
     before decoding; it must not modify its argument in place."""
 
     def fn(activation: torch.Tensor, hook) -> torch.Tensor:
-        x = flat_features(activation, hook.name)
-        flat = x.reshape(-1, x.shape[-1]).to(sae.W_enc.dtype)
+        flat = sae_input(sae, activation, hook.name)
         features = sae.encode(flat)
         edited = edit(features, hook) if edit is not None else features
         decoded = sae.decode(edited)
@@ -136,20 +135,20 @@ def splice_by_step(
         with spliced(hm, sae, hook, steps=[step], blocks=[0]):
             run = hm.generate(input_ids, attention_mask=attention_mask, record_logits=True, replay=clean, **gen_kwargs)
         match = exact_match(run.blocks[0].final_canvas, targets)
+        # the rows still denoising at this step, indexed once
         clean_logits, spliced_logits = record.steps[step].logits[active], run.blocks[0].steps[step].logits[active]
-        delta = cross_entropy_by_row(spliced_logits, targets[active]) - cross_entropy_by_row(
-            clean_logits, targets[active]
-        )
+        given = targets[active]
+        delta = cross_entropy_by_row(spliced_logits, given) - cross_entropy_by_row(clean_logits, given)
         out["steps"].append(
             {
                 "step": step,
                 "n": int(active.sum()),
-                "ce_clean": cross_entropy(record.steps[step].logits, targets, active),
-                "ce_spliced": cross_entropy(run.blocks[0].steps[step].logits, targets, active),
+                "ce_clean": cross_entropy(clean_logits, given),
+                "ce_spliced": cross_entropy(spliced_logits, given),
                 "accuracy_clean": proportion_of(clean_match[active].tolist()),
                 "accuracy_spliced": proportion_of(match[active].tolist()),
                 # rows that give no target have no CE; any other NaN (a broken splice) is kept and shows
-                "delta_ce": mean_ci(delta[(targets[active] != -100).any(-1)].tolist(), seed=seed),
+                "delta_ce": mean_ci(delta[(given != -100).any(-1)].tolist(), seed=seed),
             }
         )
     return out

@@ -234,3 +234,8 @@ def load_sae(folder: str | Path):
     if "spec" in metadata:
         metadata["spec"] = ActivationSpec(**metadata["spec"])
     return SAE.load_from_disk(folder).eval(), metadata
+
+
+def sae_hook(sae, metadata: dict) -> str:
+    """The hook an SAE of :func:`load_sae` reads: diffinterp's record, else SAELens's ``hook_name``."""
+    return metadata["spec"].hook if "spec" in metadata else sae.cfg.metadata.hook_name
