@@ -360,3 +360,74 @@ def test_run_step_reruns_with_hooks(small):
 def test_wrapping_requires_a_diffusion_gemma():
     with pytest.raises(TypeError, match="DiffusionGemmaForBlockDiffusion"):
         di.HookedDiffusionGemma(torch.nn.Linear(2, 2))
+
+
+def test_a_tap_reads_what_a_plain_torch_hook_reads_and_what_an_edit_left(small):
+    """A tap sees the HF module's output (a hand-written hook's capture), after any user edit, at
+    the steps it targets; its return value changes nothing."""
+    model, hm = small
+    input_ids, mask = make_prompts(96, 2, 5)
+    kwargs = dict(attention_mask=mask, **GEN)
+    name = "decoder.blocks.1.hook_resid_post"
+    state, counter = _decoder_step_counter(model)
+    captured = {}
+    layer = model.model.decoder.layers[1]
+    handle = layer.register_forward_hook(lambda _m, _i, out: captured.setdefault(state["calls"], out.detach().clone()))
+    try:
+        torch.manual_seed(2)
+        reference = hm.generate(input_ids, **kwargs)
+    finally:
+        handle.remove()
+        counter.remove()
+
+    seen = {}
+
+    def tap(tensor, hook):
+        seen[(hook.step, hook.block)] = tensor.clone()
+        return torch.zeros_like(tensor)  # ignored: a tap cannot replace
+
+    torch.manual_seed(2)
+    with hm.taps([(name, tap)], steps=[1, 3]):
+        assert name in hm.attached_hook_points
+        tapped = hm.generate(input_ids, **kwargs)
+    assert hm.attached_hook_points == [] and no_torch_hooks(model)
+    assert torch.equal(tapped.sequences, reference.sequences)
+    assert sorted(seen) == [(1, 0), (1, 1), (3, 0), (3, 1)]
+    offsets = [sum(len(steps) for steps in reference.steps[:block]) for block in range(len(reference.steps))]
+    for (step, block), tensor in seen.items():
+        assert torch.equal(tensor, captured[offsets[block] + step]), (step, block)
+
+    edited = {}
+    torch.manual_seed(2)
+    with (
+        hm.hooks([(name, lambda t, hook: t * 0.5)], steps=[1]),
+        hm.taps([(name, lambda t, hook: edited.setdefault(hook.step, t.clone()))]),
+    ):
+        hm.generate(input_ids, **kwargs)
+    assert 1 in edited and 0 in edited
+    assert torch.equal(edited[0], captured[0])  # no edit at step 0
+    torch.manual_seed(2)
+    unedited_step1 = {}
+    with hm.hooks([(name, lambda t, hook: unedited_step1.setdefault(hook.step, t.clone()) * 0.5)], steps=[1]):
+        hm.generate(input_ids, **kwargs)
+    assert torch.equal(edited[1], unedited_step1[1] * 0.5)  # the tap saw the edited activation
+
+
+def test_a_tap_that_raises_leaves_nothing_attached(small):
+    model, hm = small
+    input_ids, mask = make_prompts(96, 2, 8)
+
+    def explode(tensor, hook):
+        if hook.step == 2:
+            raise Boom("stop")
+
+    with pytest.raises(Boom):
+        with hm.taps([("decoder.blocks.0.hook_resid_mid", explode), ("decoder.blocks.1.attn.hook_pattern", explode)]):
+            hm.generate(input_ids, attention_mask=mask, **GEN)
+    assert no_torch_hooks(model) and hm.attached_hook_points == []
+    assert all(not p.taps for p in hm.hook_dict.values())
+    assert model.config._attn_implementation == "sdpa"
+    with pytest.raises(TypeError, match="must be callable"):
+        with hm.taps([("decoder.blocks.0.hook_resid_mid", "not a function")]):
+            pass
+    assert hm.attached_hook_points == []

@@ -136,8 +136,9 @@ def test_batched_sweep_equals_loop_of_single_patches(tiny):
 
 
 def test_patch_hooks_read_nothing_back_to_the_host(runs, monkeypatch):
-    """Inside a batched sweep's patch hooks no tensor value is read on the host (item, int, bool,
-    tolist: each a device sync on a GPU); the sweep still equals the loop."""
+    """Inside a batched sweep's patch hooks, and the hook point's check of what they return, no
+    tensor value is read on the host (item, int, bool, tolist: each a device sync on a GPU); the
+    sweep still equals the loop."""
     from diffinterp.instruments.patching import engine
 
     hm, clean, cache, corrupt, _, metric = runs
@@ -159,7 +160,19 @@ def test_patch_hooks_read_nothing_back_to_the_host(runs, monkeypatch):
 
         return method
 
+    from diffinterp.core import hook_points
+
+    original_check = hook_points.check_replacement
+
+    def watched_check(*args, **kwargs):  # the hook point validates each patch's replacement: no sync there either
+        inside.append(True)
+        try:
+            return original_check(*args, **kwargs)
+        finally:
+            inside.pop()
+
     monkeypatch.setattr(engine._Patcher, "_hook", watched_hook)
+    monkeypatch.setattr(hook_points, "check_replacement", watched_check)
     for name in ("item", "tolist", "__int__", "__bool__", "__index__", "__float__"):
         monkeypatch.setattr(torch.Tensor, name, refuse(name, getattr(torch.Tensor, name)))
     kwargs = dict(hook="decoder.blocks.1.hook_resid_post", steps=[0, 2], positions=[0, 3])
@@ -168,6 +181,22 @@ def test_patch_hooks_read_nothing_back_to_the_host(runs, monkeypatch):
     monkeypatch.undo()
     loop = pt.step_position_sweep(hm, clean, corrupt, cache, metric, batched=False, **kwargs)
     assert torch.allclose(batched.values, loop.values, atol=1e-5)
+
+
+def test_a_non_finite_patch_is_reported_by_hook_and_step(runs):
+    """A source activation holding NaN makes the batched sweep raise, naming the hook and the step,
+    before any metric is computed from it."""
+    hm, clean, cache, corrupt, _, metric = runs
+    name = "decoder.blocks.1.hook_resid_post"
+    poisoned = di.DenoisingCache()
+    for key, tensor in cache.items():
+        poisoned.add(*key, tensor)
+    bad = cache.get(name, 2, 0).clone()
+    bad[0, 0, 0] = float("nan")
+    poisoned.add(name, 2, 0, bad)
+    with pytest.raises(ValueError, match=rf"hook on '{name}' at step 2, block 0 returned non-finite"):
+        pt.step_position_sweep(hm, clean, corrupt, poisoned, metric, hook=name, steps=[2], positions=[0])
+    assert hm.attached_hook_points == []
 
 
 def test_step_position_sweep_and_step_mode_equal_loops(runs):

@@ -48,6 +48,31 @@ def test_trajectory_fields_are_consistent(recorded):
     assert trajectory.stack("entropy", 1).shape == (4, 2, 8)
 
 
+def test_large_logits_record_the_entropy_the_sampler_computed(monkeypatch):
+    """Past ``READ_ENTROPY_FROM`` logits elements the recorded entropy is the sampler's own (read
+    from its sort, not recomputed): the same bits as Categorical's, and the same run as HF's."""
+    from diffinterp.core import sampler as sampler_module
+
+    model = di.tiny_model(di.tiny_config(vocab_size=2100), seed=0)
+    hm = di.HookedDiffusionGemma(model)
+    input_ids, mask = make_prompts(2100, 2, 0)
+    assert 2 * model.config.canvas_length * 2100 >= sampler_module.READ_ENTROPY_FROM
+
+    def no_recompute(_logits):
+        raise AssertionError("the entropy was recomputed")
+
+    monkeypatch.setattr(sampler_module, "token_entropy", no_recompute)
+    torch.manual_seed(1)
+    trajectory = hm.generate(input_ids, attention_mask=mask, record_logits=True, **GEN)
+    monkeypatch.undo()
+    torch.manual_seed(1)
+    assert torch.equal(trajectory.sequences, model.generate(input_ids, attention_mask=mask, **GEN).sequences)
+    for block in trajectory.blocks:
+        for step in block.steps:
+            reference = torch.distributions.Categorical(logits=step.logits / step.temperature).entropy()
+            assert torch.equal(step.entropy, reference)
+
+
 def test_trajectory_save_load_roundtrip(recorded, tmp_path):
     trajectory, _ = recorded
     loaded = di.Trajectory.load(trajectory.save(tmp_path / "traj.safetensors"))

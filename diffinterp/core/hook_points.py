@@ -147,7 +147,12 @@ class StepHookPoint(HookPoint):
     """A TransformerLens ``HookPoint`` that knows its denoising step and attaches lazily.
 
     ``attach(hook_point)`` installs the torch hooks on the HF module(s) and returns their handles;
-    it runs when the first user hook is added and is undone when the last one is removed.
+    it runs when the first user hook (or tap) is added and is undone when the last one is removed.
+
+    A *tap* (:meth:`add_tap`) is a read-only observer, ``tap(activation, hook_point)``: it runs
+    after the user hooks, on the activation the model goes on with, and cannot replace it. It is
+    what a cache needs, called straight from the adapter: no TransformerLens wrapper, no
+    replacement check, one Python call per activation.
     """
 
     def __init__(
@@ -163,6 +168,7 @@ class StepHookPoint(HookPoint):
         self._attach = attach
         self._handles: list[Any] | None = None
         self._on_attach_change = on_attach_change
+        self._taps: list[Callable[[torch.Tensor, StepHookPoint], None]] = []
         self.pos_dim = pos_dim
 
     @property
@@ -192,8 +198,30 @@ class StepHookPoint(HookPoint):
         super().remove_hooks(dir, including_permanent=including_permanent, level=level)
         self._sync_adapter()
 
+    @property
+    def taps(self) -> tuple[Callable[[torch.Tensor, StepHookPoint], None], ...]:
+        return tuple(self._taps)
+
+    def add_tap(self, tap: Callable[[torch.Tensor, StepHookPoint], None]) -> Callable[[], None]:
+        """Observe every activation here with ``tap(activation, hook_point)`` (its return value is
+        ignored); returns a function that removes the tap. :meth:`HookedDiffusionGemma.taps` is
+        the context manager that adds and removes them."""
+        if not callable(tap):
+            raise TypeError(f"a tap on '{self.name}' must be callable as tap(activation, hook_point), got {tap!r}")
+        self._taps.append(tap)
+        self._sync_adapter()
+
+        def remove() -> None:
+            for index, held in enumerate(self._taps):
+                if held is tap:
+                    del self._taps[index]
+                    break
+            self._sync_adapter()
+
+        return remove
+
     def _sync_adapter(self) -> None:
-        wanted = bool(self.fwd_hooks or self.bwd_hooks)
+        wanted = bool(self.fwd_hooks or self.bwd_hooks or self._taps)
         if wanted and self._handles is None:
             if self._on_attach_change is not None:
                 self._on_attach_change(self, True)
@@ -234,17 +262,24 @@ def check_replacement(hook_point: HookPoint, original: torch.Tensor, new: Any) -
 
 
 def _fire(hook_point: HookPoint, activation: torch.Tensor) -> torch.Tensor | None:
-    """Run the hook point's user hooks; the validated replacement, or None if unchanged.
+    """Run the hook point's user hooks, then its taps; the validated replacement, or None if unchanged.
 
     ``hook_point(activation)`` would run the identity module's forward hooks (TransformerLens's
     wrappers of the user hooks), each given the previous one's result. When those are all it has
     (no backward, pre- or keyword hooks on it, no global module hooks), they are called here
     directly: what ``nn.Module.__call__`` does for them, without a second pass through the hook
-    machinery on every call (a caching run makes one call per hook per step)."""
-    context = hook_point.__dict__.get("_context")
+    machinery on every call. A hook point with only taps (a caching run) calls them and returns:
+    one call per activation, as a hand-written torch hook makes."""
+    state = hook_point.__dict__
+    context = state.get("_context")
+    if context is not None and context.suppressed:
+        return None
+    taps = state.get("_taps")
+    if taps and not hook_point._forward_hooks and not hook_point._backward_hooks:
+        for tap in taps:
+            tap(activation, hook_point)
+        return None
     if context is not None:
-        if context.suppressed:
-            return None
         outer, context.firing = context.firing, hook_point.name
     try:
         if (
@@ -264,9 +299,12 @@ def _fire(hook_point: HookPoint, activation: torch.Tensor) -> torch.Tensor | Non
     finally:
         if context is not None:
             context.firing = outer
-    if result is activation:
-        return None
-    return check_replacement(hook_point, activation, result)
+    new = None if result is activation else check_replacement(hook_point, activation, result)
+    if taps:
+        final = activation if new is None else new
+        for tap in taps:
+            tap(final, hook_point)
+    return new
 
 
 # ---------------------------------------------------------------------------------------------

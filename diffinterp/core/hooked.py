@@ -37,7 +37,7 @@ from diffinterp.core.inputs import as_dtype, check_positions
 from diffinterp.core.memory import budget, disk_budget
 from diffinterp.core.replay import has_torch_hooks, note_step_logits, restore_runtime, step_inputs
 from diffinterp.core.sampler import resolve_run_limits, sample
-from diffinterp.records.cache import DenoisingCache, caching_hooks
+from diffinterp.records.cache import DenoisingCache, caching_taps
 from diffinterp.records.files import atomic_folder
 from diffinterp.records.streamed import DEFAULT_SHARD_BYTES, StreamedCache
 
@@ -118,6 +118,18 @@ def targeted(fn: HookFn, target: HookTarget) -> HookFn:
 
     hook.__name__ = getattr(fn, "__name__", "hook")
     return hook
+
+
+def targeted_tap(tap, target: HookTarget):
+    """Wrap ``tap`` so it runs only at ``target``'s steps/blocks (the tap itself when it has none)."""
+    if target.steps is None and target.blocks is None:
+        return tap
+
+    def gated(tensor: torch.Tensor, hook) -> None:
+        if target.fires(hook.step, hook.block):
+            tap(tensor, hook)
+
+    return gated
 
 
 class _Container(nn.Module):
@@ -346,6 +358,39 @@ class HookedDiffusionGemma(HookedRootModule):
         finally:
             self._targets.remove(target)
 
+    @contextmanager
+    def taps(
+        self,
+        taps: Iterable[tuple[NameOrFilter, Callable[[torch.Tensor, hp.StepHookPoint], None]]],
+        *,
+        steps: Iterable[int] | int | None = None,
+        blocks: Iterable[int] | int | None = None,
+    ) -> Iterator[HookedDiffusionGemma]:
+        """Attach read-only taps, ``tap(activation, hook_point)``, for the ``with`` body; removed on
+        exit, also after an error.
+
+        A tap sees the activation after every user hook at its hook point (what the model goes on
+        with) and cannot replace it: what a cache records (``run_with_cache`` uses them). It costs
+        one Python call per activation, where a user hook also passes TransformerLens's wrapper and
+        the replacement check. ``steps`` / ``blocks`` as in :meth:`hooks`.
+        """
+        target = HookTarget.build(steps, blocks)
+        resolved = [(point, tap) for names, tap in taps for point in self.resolve_names(names)]
+        for point, tap in resolved:
+            if not callable(tap):
+                raise TypeError(f"the tap for '{point}' must be callable tap(activation, hook_point), got {tap!r}")
+        removers: list[Callable[[], None]] = []
+        self._targets.append(target)
+        try:
+            with self.context.claim():
+                for point, tap in resolved:
+                    removers.append(self.hook_dict[point].add_tap(targeted_tap(tap, target)))
+                yield self
+        finally:
+            for remove in reversed(removers):
+                remove()
+            self._targets.remove(target)
+
     def check_targets(self, n_steps: int, n_blocks: int) -> None:
         """Raise if an active hook targets a step or block this run can never reach."""
         for target in self._targets:
@@ -520,13 +565,12 @@ class HookedDiffusionGemma(HookedRootModule):
             )
             cache.check_budget(estimate, what="the estimated cache for this run")
         if store is None:
-            fwd = caching_hooks(cache, names, target.positions)
-            with self.hooks(fwd, steps=steps, blocks=blocks):
+            with self.taps(caching_taps(cache, names, target.positions), steps=steps, blocks=blocks):
                 trajectory = self.generate(input_ids, **gen_kwargs)
             return trajectory, cache
         with atomic_folder(store) as folder:  # the folder appears whole at the end, or not at all
             cache = StreamedCache(folder, shard_bytes=shard_bytes, dtype=dtype)
-            with self.hooks(caching_hooks(cache, names, target.positions), steps=steps, blocks=blocks):
+            with self.taps(caching_taps(cache, names, target.positions), steps=steps, blocks=blocks):
                 trajectory = self.generate(input_ids, **gen_kwargs)
             cache.finish()
         cache.relocate(store)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from diffinterp.core.bottleneck import Bottleneck, apply_bottleneck
 from diffinterp.core.inputs import (
@@ -69,13 +70,50 @@ def _scheduled_temperature(t_min: float, t_max: float, n_steps: int, hf_step: in
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Per-position entropy, bit for bit what the entropy-bound sampler computes.
 
-    The sampler's own value is a local of transformers' ``accept_canvas`` and cannot be read back
-    without forking it; these are the operations of ``Categorical(logits=logits).entropy()`` in
-    the same order, less its argument validation (the sampler has already validated the same
-    logits), at a sixth of its cost on small canvases."""
+    The operations of ``Categorical(logits=logits).entropy()`` in the same order, less its
+    argument validation (the sampler has already validated the same logits), at a sixth of its
+    cost on small canvases; large logits read the sampler's own value instead
+    (:func:`accept_and_read_entropy`)."""
     log_p = logits - logits.logsumexp(dim=-1, keepdim=True)
     p = torch.softmax(log_p, dim=-1)
     return -(torch.clamp(log_p, min=torch.finfo(log_p.dtype).min) * p).sum(-1)
+
+
+# Logits of at least this many elements: read the entropy transformers' sampler computes instead of
+# computing it again. Below it the interception's per-op cost (tens of µs a step) exceeds the
+# recomputation's (benchmarks/entropy_read.py).
+READ_ENTROPY_FROM = 1 << 15
+
+
+class _SortInput(TorchFunctionMode):
+    """Keeps the first tensor handed to ``torch.sort`` while active: in transformers'
+    ``EntropyBoundSampler.accept_canvas`` that is the per-position entropy it ranks positions by."""
+
+    def __init__(self):
+        super().__init__()
+        self.tensor: torch.Tensor | None = None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.sort and self.tensor is None and args and isinstance(args[0], torch.Tensor):
+            self.tensor = args[0]
+        return func(*args, **(kwargs or {}))
+
+
+def accept_and_read_entropy(accept: Callable, current_canvas, denoiser_canvas, logits, cur_step):
+    """``accept(current_canvas, denoiser_canvas, logits, cur_step)`` (the sampler's ``accept_canvas``)
+    and the per-position entropy, ``(accepted, entropy)``.
+
+    For large logits the entropy is the one the sampler computed (read as the input of its sort, no
+    second pass over ``[batch, canvas, vocab]``); for small ones, or a sampler that sorts something
+    else, :func:`token_entropy` recomputes it, bit for bit the same."""
+    if logits.numel() < READ_ENTROPY_FROM:
+        return accept(current_canvas, denoiser_canvas, logits, cur_step), token_entropy(logits)
+    with _SortInput() as sorted_input:
+        accepted = accept(current_canvas, denoiser_canvas, logits, cur_step)
+    entropy = sorted_input.tensor
+    if entropy is None or entropy.shape != logits.shape[:-1] or not entropy.is_floating_point():
+        entropy = token_entropy(logits)
+    return accepted, entropy
 
 
 def resolve_run_limits(model, prompt_len: int, generation_config=None, **kwargs) -> tuple[int, int]:
@@ -96,9 +134,9 @@ class _StepCapture:
         sampler.accept_canvas = self.accept_canvas
 
     def accept_canvas(self, current_canvas, denoiser_canvas, logits, cur_step):
-        accepted = self._accept(current_canvas, denoiser_canvas, logits, cur_step)
+        accepted, entropy = accept_and_read_entropy(self._accept, current_canvas, denoiser_canvas, logits, cur_step)
         self.values["sampled"] = denoiser_canvas
-        self.values["entropy"] = token_entropy(logits)
+        self.values["entropy"] = entropy
         return accepted
 
     def decoder_forward(self, model, context) -> Callable[..., Any]:

@@ -317,21 +317,28 @@ def load_store(folder: str | Path, device=None) -> DenoisingCache:
     return cache
 
 
-def caching_hooks(cache: DenoisingCache, names: list[str], positions: tuple[int, ...] | None) -> list[tuple]:
-    """Forward hooks that store each activation into ``cache`` under (name, step, block)."""
+def caching_taps(cache: DenoisingCache, names: list[str], positions: tuple[int, ...] | None) -> list[tuple]:
+    """Taps (``HookedDiffusionGemma.taps``) that store each activation into ``cache`` under
+    (name, step, block); ``positions`` keeps only those canvas positions of decoder activations."""
     cache.positions = positions
+    add = cache.add
+    if positions is None:
+
+        def tap(tensor: torch.Tensor, hook) -> None:
+            add(hook.name, hook.step, hook.block, tensor)
+
+        return [(name, tap) for name in names]
     index_cache: dict[torch.device, torch.Tensor] = {}
 
-    def save(tensor: torch.Tensor, hook) -> None:
-        stored = tensor
-        if positions is not None and hook.stack == "decoder":
+    def tap_positions(tensor: torch.Tensor, hook) -> None:
+        if hook.stack == "decoder":
             dim = hook.pos_dim if hook.pos_dim is not None else 1
             if tensor.device not in index_cache:
                 index_cache[tensor.device] = torch.tensor(positions, device=tensor.device)
-            stored = tensor.index_select(dim, index_cache[tensor.device])
-        cache.add(hook.name, hook.step, hook.block, stored)
+            tensor = tensor.index_select(dim, index_cache[tensor.device])
+        add(hook.name, hook.step, hook.block, tensor)
 
-    return [(name, save) for name in names]
+    return [(name, tap_positions) for name in names]
 
 
 def _layer_template(name: str) -> str:

@@ -272,7 +272,8 @@ def _run_group(
         return new.clone() if old is None else torch.cat([old, new], dim=dim)
 
     try:
-        with hm.hooks(patcher.fwd_hooks()), torch.no_grad():
+        # a run in the context's sense: a replacement's finite check is a device flag, read once per pass
+        with hm.hooks(patcher.fwd_hooks()), torch.no_grad(), context.run("batched patching"):
             for step in range(starts[0], last_step):
                 joining = sum(1 for start in starts if start == step)
                 if joining:
@@ -326,6 +327,7 @@ def _run_group(
                         "past_key_values": snapshot_cache(indexed_kv),  # a forward may extend its own copy
                     }
                     raw = model(**kwargs).logits
+                    context.raise_if_nonfinite()  # a NaN patch is reported by hook name before anything reads it
                     context.stack = context.block = context.step = None
                     cur = torch.tensor(hf_step, dtype=torch.int32, device=raw.device)
                     processed = runtime.logits_processor(runtime.input_ids[prompts], raw, cur_step=cur)
