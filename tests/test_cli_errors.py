@@ -20,7 +20,7 @@ BAD = {
     "patch": [["--clean", "", "--corrupt", "x"]],
     "depth": [["--config", "bogus"], ["--chain-lengths", "0"]],
     "case-study": [["monitorability", "--tasks", ","], ["monitorability", "--n", "0"],
-                   ["monitorability", "--tasks", "nope"]],
+                   ["monitorability", "--tasks", "nope"], ["monitorability", "--quantize", "int8"]],
     "view": [["OUT/missing.safetensors"], ["OUT"], ["TRAJ", "--top-k", "0"], ["TRAJ", "--max-attention-mb", "-1"],
              ["TRAJ", "--max-attention-mb", "nan"], ["TRAJ", "--out", "TRAJ"], ["TRAJ", "--out", "OUT"],
              ["TRAJ", "--cache", "TRAJ"], ["TRAJ", "--patching", "TRAJ"], ["TRAJ", "--patching", "OUT/missing.json"],
@@ -28,7 +28,8 @@ BAD = {
              ["OUT/not-a-record.safetensors"]],
     "train": [["--organism", "bogus", "--model", "ar", "--out", "OUT/t"]],
     "eval": [["--n", "0"], ["--n", "-1"], ["--batch-size", "0"], ["--task", "bogus"], ["--model", "no-such-model"],
-             ["--task", "arith", "--model", "toy4", "--out-of-range-flag"]],
+             ["--task", "arith", "--model", "toy4", "--out-of-range-flag"], ["--quantize", "int3"],
+             ["--ar", "--quantize", "int8", "--n", "2"]],
 }  # fmt: skip
 
 

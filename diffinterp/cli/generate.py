@@ -46,7 +46,7 @@ def cmd_demo(args) -> int:
     from diffinterp.figures.canvas import canvas_evolution, entropy_heatmap
     from diffinterp.records.files import atomic_folder, save_figure
 
-    hm = load_model(args.model)
+    hm = load_model(args.model, quantize=args.quantize)
     input_ids, attention_mask = prompt_ids(hm, args.prompt, args.model)
     torch.manual_seed(args.seed)
     trajectory = hm.generate(input_ids, attention_mask=attention_mask, progress=True, **generation_kwargs(args))
@@ -126,7 +126,7 @@ def cmd_run(args) -> int:
             steps = [int(s) for s in args.cache_steps.split(",") if s.strip()]
         except ValueError:
             raise ValueError(f"--cache-steps takes comma-separated step numbers, got {args.cache_steps!r}") from None
-    hm = load_model(args.model)
+    hm = load_model(args.model, quantize=args.quantize)
     input_ids, attention_mask = prompt_ids(hm, args.prompt)
     torch.manual_seed(args.seed)
     trajectory, cache = hm.run_with_cache(

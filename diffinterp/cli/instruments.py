@@ -66,7 +66,7 @@ def cmd_lens(args) -> int:
     from diffinterp.instruments.lens import first_prediction, settle_steps, target_lens
     from diffinterp.records.files import atomic_folder, save_figure
 
-    hm = load_model(args.model)
+    hm = load_model(args.model, quantize=args.quantize)
     positions = parse_positions(args.positions, hm.config.canvas_length)  # checked before the run
     input_ids, attention_mask = prompt_ids(hm, args.prompt, args.model)
     torch.manual_seed(args.seed)
@@ -118,7 +118,7 @@ def cmd_patch(args) -> int:
     for flag, text in (("--clean", args.clean), ("--corrupt", args.corrupt)):
         if not text.strip():
             raise ValueError(f"{flag} is empty: give the prompt text (both prompts are needed to patch)")
-    hm = load_model(args.model)
+    hm = load_model(args.model, quantize=args.quantize)
     layer = hm.text_config.num_hidden_layers // 2 if args.layer is None else args.layer
     names = ["decoder.blocks.*.hook_resid_post", "decoder.hook_embed", "decoder.sc.hook_soft_embed"]
     gen = generation_kwargs(args)

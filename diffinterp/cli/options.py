@@ -61,8 +61,18 @@ def sampler_kwargs(args) -> dict:
     return kwargs
 
 
+def add_quantize_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quantize",
+        choices=("int8", "int4", "float8"),
+        default=None,
+        help="load the model with weight-only quantized linear layers (optimum-quanto; docs/real-model.md)",
+    )
+
+
 def add_generation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="a bundled organism or an HF DiffusionGemma folder")
+    add_quantize_arg(parser)
     parser.add_argument("--max-new-tokens", type=int, default=None, help="tokens to generate (default: checkpoint's)")
     add_sampler_args(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler's random draws")

@@ -16,7 +16,7 @@ import argparse
 import json
 import time
 
-from diffinterp.cli.options import SAMPLER_FLAGS, add_sampler_args, sampler_kwargs
+from diffinterp.cli.options import SAMPLER_FLAGS, add_quantize_arg, add_sampler_args, sampler_kwargs
 
 GPU_STEP_FACTOR = 4  # longer runs where a GPU is lent (the shipped recipes are the CPU ones)
 
@@ -68,6 +68,7 @@ def register(subparsers) -> None:
         help="a bundled organism (carry, latin, ...), 'ar' (the default organism's twin) or a checkpoint folder",
     )
     e.add_argument("--ar", action="store_true", help="evaluate the organism's autoregressive twin")
+    add_quantize_arg(e)
     add_sampler_args(e, bottleneck_default=None)
     e.add_argument(
         "--n",
@@ -125,7 +126,7 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def resolve_eval_model(spec: str | None, twin: bool):
+def resolve_eval_model(spec: str | None, twin: bool, quantize: str | None = None):
     """(model, kind, path, metadata) for ``--model`` / ``--ar``."""
     from diffinterp.core.loading import checkpoint_metadata, load_model, resolve_model_path
     from diffinterp.organisms.twin import load_ar_baseline
@@ -142,8 +143,12 @@ def resolve_eval_model(spec: str | None, twin: bool):
         except json.JSONDecodeError:
             pass  # the loader reports the corrupted folder
     if kind == "ar":
+        if quantize is not None:
+            raise ValueError(
+                "--quantize applies to the diffusion model; the autoregressive twin loads in full precision"
+            )
         return load_ar_baseline(path), "ar", path, checkpoint_metadata(path)
-    hm = load_model(path)
+    hm = load_model(path, quantize=quantize)
     return hm, "diffusion", path, hm.metadata
 
 
@@ -151,7 +156,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from diffinterp.core.distributed import process_group
     from diffinterp.organisms.catalog import TASKS
 
-    model, kind, path, metadata = resolve_eval_model(args.model, args.ar)
+    model, kind, path, metadata = resolve_eval_model(args.model, args.ar, args.quantize)
     if args.task == "all":
         tasks = tuple(metadata.get("tasks") or ())
         if not tasks:

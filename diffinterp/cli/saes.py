@@ -49,7 +49,7 @@ def cmd_train(args) -> int:
     config = SAETrainingConfig(spec, architecture=args.architecture, width=args.width, k=args.k,
                                l1_coefficient=args.l1, training_samples=args.training_steps * args.batch_size,
                                batch_size=args.batch_size, lr=args.lr, seed=args.seed)  # fmt: skip
-    hm = load_model(args.model)
+    hm = load_model(args.model, quantize=args.quantize)
     hm.resolve_names([args.hook])  # an unknown hook is named before anything runs
     kwargs = generation_kwargs(args)
     tasks = list(studies.model_tasks(hm)) or [studies.RANDOM_TASK]
@@ -80,7 +80,7 @@ def cmd_eval(args) -> int:
     from diffinterp.records.files import write_json_atomic
 
     sae, metadata = load_sae(args.sae)
-    hm = load_model(args.model)
+    hm = load_model(args.model, quantize=args.quantize)
     hook = sae_hook(sae, metadata)
     kwargs = generation_kwargs(args)
     tasks = list(studies.model_tasks(hm)) or [studies.RANDOM_TASK]

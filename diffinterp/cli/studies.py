@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from diffinterp.cli.options import add_sampler_args, sampler_kwargs
+from diffinterp.cli.options import add_quantize_arg, add_sampler_args, sampler_kwargs
 
 
 def register(commands) -> None:
@@ -40,6 +40,7 @@ def register(commands) -> None:
         "--tasks", default=None, help="comma-separated tasks, e.g. arith,hop (studies that take several)"
     )
     add_sampler_args(study, bottleneck_default=None)
+    add_quantize_arg(study)
     study.set_defaults(func=cmd_case_study)
 
 
@@ -84,12 +85,17 @@ def cmd_case_study(args) -> int:
 
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
+    if args.quantize is not None and args.model is None:
+        raise ValueError(
+            "--quantize loads the model given by --model; add --model NAME (a study's own organisms load in full precision)"
+        )
     study = load_study(args.name)
     options = study_options(study.run, args)
     out = args.out or f"out/{args.name.replace('-', '_')}"
     with process_group() as (rank, size):  # torchrun: the prompt batches are split over the processes
         torch.manual_seed(args.seed)
-        model = load_model(args.model) if args.model is not None else None  # None: the study's own organism(s)
+        # None: the study's own organism(s)
+        model = load_model(args.model, quantize=args.quantize) if args.model is not None else None
         with tempfile.TemporaryDirectory(prefix="diffinterp-rank-") as scratch:
             # every process computes the whole study from the gathered batches; only rank 0 keeps what it writes
             folder = out if rank == 0 else str(Path(scratch) / "out")

@@ -232,6 +232,45 @@ class MemoryRow:
     how: str
 
 
+def parameter_groups(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
+    """(parameters, output rows) of each group a quantizer treats differently, tied weights counted
+    once: ``linear`` (``nn.Linear`` layers but the output embedding: what optimum-quanto and
+    bitsandbytes quantize), ``experts`` (the MoE experts' stacked weights) and ``other``."""
+    groups = {"linear": [0, 0], "experts": [0, 0], "other": [0, 0]}
+    seen: set[int] = set()
+    output = model.get_output_embeddings()
+    for name, module in model.named_modules():
+        for parameter in module.parameters(recurse=False):
+            if id(parameter) in seen:
+                continue
+            seen.add(id(parameter))
+            if isinstance(module, torch.nn.Linear) and module is not output and parameter.dim() == 2:
+                group = "linear"
+            elif name.rsplit(".", 1)[-1] == "experts":
+                group = "experts"
+            else:
+                group = "other"
+            groups[group][0] += parameter.numel()
+            groups[group][1] += parameter.shape[0] if parameter.dim() == 2 else 0
+    return {k: (v[0], v[1]) for k, v in groups.items()}
+
+
+def quantized_weight_rows(model: torch.nn.Module, element: int) -> list[MemoryRow]:
+    """The weights' bytes under each quantized load (``load_model(quantize=...)``), the parts a
+    quantizer leaves alone at ``element`` bytes per value. Scales: quanto int8 one per output row;
+    quanto int4 a scale and a shift per group of 128; FP8 one float32 per 128 x 128 block."""
+    groups = parameter_groups(model)
+    (linear, rows), (experts, _), (other, _) = groups["linear"], groups["experts"], groups["other"]
+    dense = (experts + other) * element
+    share = f"{linear / 1e9:.2f} B of {(linear + experts + other) / 1e9:.2f} B parameters are in linear layers"
+    return [
+        MemoryRow("weights, quantize='int8'", linear + rows * element + dense, f"optimum-quanto, linear layers only: {share}"),
+        MemoryRow("weights, quantize='int4'", linear // 2 + 2 * (linear // 128) * element + dense, "optimum-quanto, linear layers only"),
+        MemoryRow("weights, FP8 linear layers and experts", (linear + experts) + 4 * ((linear + experts) // 16384) + other * element,
+                  "transformers FineGrainedFP8Config (GPU only; experts too)"),
+    ]  # fmt: skip
+
+
 def memory_plan(
     config, *, weight_bytes: int, prompt_len: int, steps: int, blocks: int, dtype: torch.dtype = torch.bfloat16
 ) -> list[MemoryRow]:
@@ -244,7 +283,7 @@ def memory_plan(
     text = config.text_config
     element = torch.empty((), dtype=dtype).element_size()
     hm = HookedDiffusionGemma(meta_model(config))
-    rows = [MemoryRow("weights", weight_bytes, "as stored")]
+    rows = [MemoryRow("weights", weight_bytes, "as stored"), *quantized_weight_rows(hm.model, element)]
     cached = prompt_len + (blocks - 1) * config.canvas_length  # the encoder's tokens before the last canvas
     kv = 0
     for layer in range(text.num_hidden_layers):

@@ -7,6 +7,9 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -97,13 +100,18 @@ def validate_checkpoint_folder(
         raise FileNotFoundError(f"{path} has no *.safetensors weights{hint}")
 
 
-def check_loading_info(info: dict, folder: Path, what: str = "checkpoint") -> None:
+def check_loading_info(info: dict, folder: Path, what: str = "checkpoint", quantized: bool = False) -> None:
     """Raise if ``from_pretrained(..., output_loading_info=True)`` found weights missing or mismatched.
 
     transformers fills absent weights with random values, so a checkpoint missing any is corrupted;
-    ``lm_head`` is tied to the embeddings and may be absent.
+    ``lm_head`` is tied to the embeddings and may be absent. A quantized load adds the quantizer's
+    activation scales (:data:`QUANTIZER_BUFFERS`), which a float checkpoint does not hold.
     """
-    missing = sorted(key for key in info.get("missing_keys", []) if not key.startswith("lm_head."))
+    missing = sorted(
+        key
+        for key in info.get("missing_keys", [])
+        if not key.startswith("lm_head.") and not (quantized and key.rsplit(".", 1)[-1] in QUANTIZER_BUFFERS)
+    )
     if missing or info.get("mismatched_keys"):
         raise ValueError(
             f"the {what} in {folder} is incomplete or corrupted: missing weights {missing[:5]}, "
@@ -138,6 +146,71 @@ def check_finite(model, folder: Path | str) -> None:
         raise ValueError(f"the checkpoint in {folder} has non-finite weights in {len(bad)} tensors, e.g. {bad[:5]}")
 
 
+#: ``quantize=`` shorthands: weight-only quantization by optimum-quanto (runs on CPU and GPU).
+QUANTO_WEIGHTS = ("int8", "int4", "float8")
+# Buffers quanto adds to each quantized linear layer (scales for quantized activations, unused
+# with weight-only quantization): absent from a float checkpoint, so not "missing weights".
+QUANTIZER_BUFFERS = frozenset({"input_scale", "output_scale"})
+
+
+def quantization_config(quantize) -> Any:
+    """The transformers quantization config for ``quantize=``: ``"int8"`` / ``"int4"`` / ``"float8"``
+    (weight-only, optimum-quanto), or a transformers config object (``BitsAndBytesConfig``,
+    ``QuantoConfig``, ...) as given.
+
+    The shorthands keep only the output embedding in full precision. transformers' default would
+    also keep every *tied* module, and DiffusionGemma's decoder shares all its weights with the
+    encoder, so the default quantizes nothing of the language model."""
+    if not isinstance(quantize, str):
+        return quantize
+    if quantize not in QUANTO_WEIGHTS:
+        raise ValueError(
+            f"quantize={quantize!r} is not a weight type; give one of {', '.join(QUANTO_WEIGHTS)} "
+            "(optimum-quanto) or a transformers quantization config (e.g. BitsAndBytesConfig(load_in_4bit=True))"
+        )
+    try:
+        import optimum.quanto  # noqa: F401
+    except ImportError as err:
+        raise ImportError(f"quantize={quantize!r} needs optimum-quanto: pip install optimum-quanto") from err
+    from transformers import QuantoConfig
+
+    return QuantoConfig(weights=quantize, modules_to_not_convert=["lm_head"])
+
+
+def quantized_linear_layers(model: torch.nn.Module) -> list[str]:
+    """Names of the decoder's linear layers whose weights a quantizer replaced (their module class or
+    weight type is no longer torch's own)."""
+    found = []
+    for name, module in model.model.decoder.named_modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or "embed" in name or "norm" in name:
+            continue
+        if type(module) is not torch.nn.Linear or type(weight) not in (torch.nn.Parameter, torch.Tensor):
+            found.append(name)
+    return found
+
+
+class _DropLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_load_report(quiet: bool) -> Iterator[None]:
+    """Drop transformers' load report while a quantized model loads: it lists the quantizer's
+    activation scales as missing weights ("newly initialized"), which they are not;
+    :func:`check_loading_info` still refuses a checkpoint that lacks real weights."""
+    if not quiet:
+        yield
+        return
+    modeling_logger, dropper = logging.getLogger("transformers.modeling_utils"), _DropLoadReport()
+    modeling_logger.addFilter(dropper)
+    try:
+        yield
+    finally:
+        modeling_logger.removeFilter(dropper)
+
+
 def load_hf_model(
     path: str | Path | None = None,
     *,
@@ -147,6 +220,7 @@ def load_hf_model(
     max_memory: dict | None = None,
     offload_folder: str | Path | None = None,
     generation_config=None,
+    quantize=None,
 ) -> DiffusionGemmaForBlockDiffusion:
     """Load the bare transformers model from an HF folder or a bundled model's name (default:
     :data:`DEFAULT_MODEL`).
@@ -156,6 +230,9 @@ def load_hf_model(
     infinite values are refused. ``device_map`` / ``max_memory`` / ``offload_folder`` go to
     accelerate through transformers: ``device_map="auto", max_memory={0: "70GiB", "cpu": "200GiB"}``
     splits the model over devices and offloads what does not fit to the CPU, then to disk.
+    ``quantize``: ``"int8"`` / ``"int4"`` / ``"float8"`` weights (optimum-quanto, CPU or GPU) or a
+    transformers quantization config (:func:`quantization_config`); a config that leaves the
+    decoder layers' linear layers unquantized is refused.
     """
     folder = resolve_model_path(path)
     validate_checkpoint_folder(folder)
@@ -174,11 +251,23 @@ def load_hf_model(
         kwargs["max_memory"] = max_memory
     if offload_folder is not None:
         kwargs["offload_folder"] = str(offload_folder)
+    if quantize is not None:
+        kwargs["quantization_config"] = quantization_config(quantize)
     try:
-        model, info = DiffusionGemmaForBlockDiffusion.from_pretrained(str(folder), output_loading_info=True, **kwargs)
+        with _quiet_load_report(quantize is not None):
+            model, info = DiffusionGemmaForBlockDiffusion.from_pretrained(
+                str(folder), output_loading_info=True, **kwargs
+            )
     except (OSError, RuntimeError, ValueError, SafetensorError) as err:
         raise ValueError(f"could not load the checkpoint in {folder}: {err}") from err
-    check_loading_info(info, folder)
+    check_loading_info(info, folder, quantized=quantize is not None)
+    if quantize is not None and not any(name.startswith("layers.") for name in quantized_linear_layers(model)):
+        raise ValueError(
+            f"the quantization config {type(kwargs['quantization_config']).__name__} left the linear layers of every "
+            "decoder layer in full precision: transformers keeps tied modules unquantized by default, and DiffusionGemma's decoder "
+            "ties all its weights to the encoder's. Set its modules_to_not_convert (bitsandbytes: "
+            "llm_int8_skip_modules) to ['lm_head'], or pass quantize='int8'"
+        )
     check_finite(model, folder)
     if generation_config is not None:
         model.generation_config = generation_config
@@ -209,6 +298,7 @@ def load_model(
     max_memory: dict | None = None,
     offload_folder: str | Path | None = None,
     generation_config=None,
+    quantize=None,
 ):
     """Load a bundled model by name (``"latin"``; default :data:`DEFAULT_MODEL`) or an HF DiffusionGemma
     folder as a ``HookedDiffusionGemma`` (``hm.metadata``: the checkpoint's ``diffinterp.json``).
@@ -217,7 +307,9 @@ def load_model(
     :func:`load_hf_model`). ``device_map="auto"`` is passed to transformers/accelerate, so the 26B
     model shards over GPUs (``max_memory`` / ``offload_folder``: CPU and disk offload, docs/real-model.md);
     activations of different layers then live on different devices, and caches gather them on
-    the device the caller asks for.
+    the device the caller asks for. ``quantize="int8"`` (or ``"int4"``, ``"float8"``, or a
+    transformers quantization config) loads quantized weights; the hook points are the same
+    (docs/real-model.md).
     """
 
     model = load_hf_model(
@@ -228,5 +320,6 @@ def load_model(
         max_memory=max_memory,
         offload_folder=offload_folder,
         generation_config=generation_config,
+        quantize=quantize,
     )
     return HookedDiffusionGemma(model, tokenizer=load_tokenizer(path), metadata=checkpoint_metadata(path))
