@@ -185,7 +185,8 @@ def test_patch_hooks_read_nothing_back_to_the_host(runs, monkeypatch):
 
 def test_a_non_finite_patch_is_reported_by_hook_and_step(runs):
     """A source activation holding NaN makes the batched sweep raise, naming the hook and the step,
-    before any metric is computed from it."""
+    before any forward pass (the patches' per-call finite check is skipped: each source is checked
+    once); a user hook's NaN inside a run is still caught at its hook point."""
     hm, clean, cache, corrupt, _, metric = runs
     name = "decoder.blocks.1.hook_resid_post"
     poisoned = di.DenoisingCache()
@@ -194,8 +195,15 @@ def test_a_non_finite_patch_is_reported_by_hook_and_step(runs):
     bad = cache.get(name, 2, 0).clone()
     bad[0, 0, 0] = float("nan")
     poisoned.add(name, 2, 0, bad)
-    with pytest.raises(ValueError, match=rf"hook on '{name}' at step 2, block 0 returned non-finite"):
+    with pytest.raises(ValueError, match=rf"source activation of '{name}' at step 2, block 0 holds non-finite"):
         pt.step_position_sweep(hm, clean, corrupt, poisoned, metric, hook=name, steps=[2], positions=[0])
+    assert hm.attached_hook_points == []
+    # a user hook's NaN at the same hook point is still caught: a vouch covers a sole hook only
+    ids, mask = make_prompts(hm.text_config.vocab_size, 2, 0)
+    nan_at_step_1 = [(name, lambda t, hook: torch.full_like(t, float("nan")) if hook.step == 1 else None)]
+    with pytest.raises(ValueError, match=rf"hook on '{name}' at step 1, block 0 returned non-finite"):
+        with hm.hooks(nan_at_step_1), hm.hooks([(name, lambda t, hook: t.clone())], check_finite=False):
+            hm.generate(ids, attention_mask=mask, max_new_tokens=8, max_denoising_steps=3)
     assert hm.attached_hook_points == []
 
 

@@ -120,6 +120,21 @@ def targeted(fn: HookFn, target: HookTarget) -> HookFn:
     return hook
 
 
+def vouching(fn: HookFn, context: hp.RunContext) -> HookFn:
+    """Wrap ``fn`` so the hook point takes its replacement as finite (``hooks(check_finite=False)``)
+    when it is the hook point's only forward hook."""
+
+    def hook(tensor: torch.Tensor, hook) -> Any:
+        result = fn(tensor, hook=hook)
+        # only a sole hook's word counts: another hook at this point may have fed it a NaN
+        if isinstance(result, torch.Tensor) and len(hook._forward_hooks) == 1:
+            context.vouched = id(result)
+        return result
+
+    hook.__name__ = getattr(fn, "__name__", "hook")
+    return hook
+
+
 def targeted_tap(tap, target: HookTarget):
     """Wrap ``tap`` so it runs only at ``target``'s steps/blocks (the tap itself when it has none)."""
     if target.steps is None and target.blocks is None:
@@ -338,15 +353,22 @@ class HookedDiffusionGemma(HookedRootModule):
         positions: Iterable[int] | int | None = None,
         reset_hooks_end: bool = True,
         clear_contexts: bool = False,
+        check_finite: bool = True,
     ) -> Iterator[HookedDiffusionGemma]:
         """Attach hooks for the ``with`` body; they are removed on exit, also after an error.
 
         ``steps`` / ``blocks`` restrict where the hooks fire (decoder steps; encoder passes have
         step None, so a ``steps`` filter skips them); ``positions`` restricts which positions a
         returned replacement may change (the hook still sees the whole tensor).
+        ``check_finite=False``: these hooks vouch that what they return is finite, so a hook point
+        where one of them is the only hook skips its NaN/inf check (for instruments that write
+        recorded activations checked once beforehand, as batched patching does); shapes are
+        still checked, and a hook point with other hooks too checks as usual.
         """
         target = HookTarget.build(steps, blocks, positions)
         fwd = [(name, targeted(fn, target)) for name, fn in fwd_hooks]
+        if not check_finite:
+            fwd = [(name, vouching(fn, self.context)) for name, fn in fwd]
         bwd = [(name, targeted(fn, target)) for name, fn in bwd_hooks]
         self._targets.append(target)
         try:

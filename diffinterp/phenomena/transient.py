@@ -335,12 +335,19 @@ def ablation_hooks(hm, trajectory: Trajectory, ablations: Sequence[Ablation]) ->
             if step < 1:
                 raise ValueError(f"ablation {a} reads at step {step}; reading steps start at 1")
             by_step.setdefault((a.block, step), []).append(a)
-    needed_logits = {(block, step - 1) for block, step in by_step}
-    captured: dict[tuple[int, int], torch.Tensor] = {}
+    # the previous step's logits, kept only at the (row, position) pairs whose signal is rebuilt: a
+    # whole batch's float32 logits per step would be 256 MiB a row at the 26B model's size
+    needed_logits: dict[tuple[int, int], set[tuple[int, int]]] = {}
+    for (block, step), todo in by_step.items():
+        for a in todo:
+            if a.self_conditioning:
+                needed_logits.setdefault((block, step - 1), set()).add((a.row, a.pos))
+    captured: dict[tuple[int, int], dict[tuple[int, int], torch.Tensor]] = {}
 
     def capture(logits, hook):
-        if hook.step is not None and (hook.block, hook.step) in needed_logits:
-            captured[(hook.block, hook.step)] = logits.detach().clone()
+        where = needed_logits.get((hook.block, hook.step)) if hook.step is not None else None
+        if where:
+            captured[(hook.block, hook.step)] = {(row, pos): logits[row, pos].detach().clone() for row, pos in where}
 
     def embed_hook(x, hook):
         todo = [a for a in by_step.get((hook.block, hook.step), []) if a.embed] if hook.step is not None else []
@@ -360,11 +367,18 @@ def ablation_hooks(hm, trajectory: Trajectory, ablations: Sequence[Ablation]) ->
         previous = record.steps[hook.step - 1]
         processor = record.runtime.logits_processor
         cur = torch.tensor(previous.hf_step, dtype=torch.int32)
-        logits = processor(record.runtime.input_ids, captured[(hook.block, hook.step - 1)], cur_step=cur)
+        kept = captured[(hook.block, hook.step - 1)]
+        input_ids = record.runtime.input_ids
+
+        def processed(row: int, pos: int) -> torch.Tensor:  # the sampler's processing of one kept row
+            return processor(input_ids[row : row + 1], kept[(row, pos)].view(1, 1, -1), cur_step=cur)[0, 0]
+
         x = x.clone()
         removed: dict[tuple[int, int], torch.Tensor] = {}
         for a in todo:  # several tokens at one position are removed together
-            removed.setdefault((a.row, a.pos), logits[a.row, a.pos].clone())[a.token] = float("-inf")
+            if (a.row, a.pos) not in removed:
+                removed[(a.row, a.pos)] = processed(a.row, a.pos).clone()
+            removed[(a.row, a.pos)][a.token] = float("-inf")
         for (row, pos), row_logits in removed.items():
             x[row, pos] = _soft(row_logits, weight, scale)
         return x

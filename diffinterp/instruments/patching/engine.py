@@ -97,7 +97,13 @@ class _Patcher:
                 hm.resolve_names(patch.name)
                 if "*" in patch.name or "?" in patch.name:
                     raise ValueError(f"a Patch names one hook, not a pattern: '{patch.name}'")
-                source.get(patch.name, patch.step, patch.block)  # fails early, naming the recorded steps
+                recorded = source.get(patch.name, patch.step, patch.block)  # fails early, naming the recorded steps
+                key = (patch.name, patch.step, patch.block)
+                if key not in self.table and recorded.is_floating_point() and not bool(torch.isfinite(recorded).all()):
+                    raise ValueError(
+                        f"source activation of '{patch.name}' at step {patch.step}, block {patch.block} holds non-finite "
+                        "values (NaN or inf): patching it in would feed them to the run; record the source again"
+                    )
                 self.table.setdefault((patch.name, patch.step, patch.block), []).append((index, patch))
         if source.positions is not None:
             raise ValueError("the source cache was recorded at selected positions only; record every position to patch")
@@ -272,8 +278,9 @@ def _run_group(
         return new.clone() if old is None else torch.cat([old, new], dim=dim)
 
     try:
-        # a run in the context's sense: a replacement's finite check is a device flag, read once per pass
-        with hm.hooks(patcher.fwd_hooks()), torch.no_grad(), context.run("batched patching"):
+        # a run in the context's sense: any finite check left is a device flag, read once per pass
+        # the patches write source activations, each checked finite once above (not per row and call)
+        with hm.hooks(patcher.fwd_hooks(), check_finite=False), torch.no_grad(), context.run("batched patching"):
             for step in range(starts[0], last_step):
                 joining = sum(1 for start in starts if start == step)
                 if joining:
