@@ -14,6 +14,7 @@ import diffinterp as di
 from diffinterp.cli import main
 from diffinterp.core.checkpoint import CheckpointError, check_checkpoint, memory_plan
 from diffinterp.core.loading import bundled_model_path
+from diffinterp.records.cache import human_bytes
 
 
 @pytest.fixture(scope="module")
@@ -161,5 +162,10 @@ def test_the_cli_prints_the_plan_and_a_device_verdict(bundled, capsys):
     out = capsys.readouterr().out
     assert out.startswith(f"# {bundled}: ok") and "| KV cache (one prompt) | 45.0 KiB |" in out
     assert "does not fit in 1.0 MiB" in out
+    report = check_checkpoint(bundled)
+    kv = plan_of(report, prompt_len=30, steps=report.generation["max_denoising_steps"], blocks=1)[
+        "KV cache (one prompt)"
+    ]
+    assert f"weights + KV cache of one prompt {human_bytes(report.weight_bytes + kv)} does not fit" in out
     assert main(["check", "carry", "--devices", "many"]) == 2
     assert "--devices takes each device's memory in GiB" in capsys.readouterr().err

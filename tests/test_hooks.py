@@ -431,3 +431,90 @@ def test_a_tap_that_raises_leaves_nothing_attached(small):
         with hm.taps([("decoder.blocks.0.hook_resid_mid", "not a function")]):
             pass
     assert hm.attached_hook_points == []
+
+
+def test_a_vouched_sole_hook_skips_the_finite_check_and_an_unvouched_one_does_not(small):
+    """``hooks(check_finite=False)`` is a promise the hook point takes at its word when the hook is
+    alone there; without it the same NaN replacement is refused, naming the hook."""
+    model, hm = small
+    ids, mask = make_prompts(96, 2, 1)
+    torch.manual_seed(0)
+    trajectory = hm.generate(ids, attention_mask=mask, **GEN)
+    inputs = hm.step_inputs(trajectory, 0, 1)
+    name = "decoder.blocks.0.hook_resid_post"
+    poison = [(name, lambda t, hook: torch.full_like(t, float("nan")))]
+    with pytest.raises(ValueError, match=f"hook on '{name}' returned non-finite"):
+        with hm.hooks(poison), torch.no_grad():
+            model(**inputs)
+    with hm.hooks(poison, check_finite=False), torch.no_grad():
+        logits = model(**inputs).logits
+    assert torch.isnan(logits).all()  # taken at its word: the promise was false, and nothing checked it
+    assert hm.attached_hook_points == []
+
+
+def test_an_aborted_runs_nan_flags_do_not_blame_the_next_run(small):
+    model, hm = small
+    ids, mask = make_prompts(96, 2, 2)
+
+    def stop(tensor, hook):
+        raise Boom("stop")  # aborts the forward pass after layer 0 queued its flag, before anything read it
+
+    hooks = [
+        ("decoder.blocks.0.hook_mlp_out", lambda t, hook: torch.full_like(t, float("inf"))),
+        ("decoder.blocks.1.hook_resid_post", stop),
+    ]
+    with pytest.raises(Boom):
+        hm.run_with_hooks(ids, fwd_hooks=hooks, attention_mask=mask, **GEN)
+    assert hm.context.pending == []
+    torch.manual_seed(0)
+    clean = hm.generate(ids, attention_mask=mask, **GEN)  # no stale flag raises here
+    torch.manual_seed(0)
+    assert torch.equal(clean.sequences, model.generate(ids, attention_mask=mask, **GEN).sequences)
+
+
+def test_a_tap_whose_attachment_fails_is_not_left_behind(small):
+    from diffinterp.core.hook_points import RunContext, StepHookPoint
+
+    def failing_attach(_point):
+        raise RuntimeError("no module to hook")
+
+    point = StepHookPoint(RunContext(), failing_attach)
+    with pytest.raises(RuntimeError, match="no module to hook"):
+        point.add_tap(lambda t, hook: None)
+    assert point.taps == () and not point.is_attached
+
+
+def test_a_tap_that_removes_itself_does_not_hide_the_activation_from_the_next_tap(small):
+    _, hm = small
+    ids, mask = make_prompts(96, 1, 3)
+    point = hm.hook_dict["decoder.blocks.0.hook_resid_post"]
+    seen = []
+    removers = {}
+
+    def once(tensor, hook):
+        removers["once"]()
+
+    removers["once"] = point.add_tap(once)
+    remove_second = point.add_tap(lambda t, hook: seen.append(hook.step))
+    try:
+        with hm.context.claim():
+            hm.generate(ids, attention_mask=mask, **GEN)
+    finally:
+        remove_second()
+    assert seen[:2] == [0, 1] and hm.attached_hook_points == []
+
+
+def test_a_tap_that_reenters_the_model_is_named_in_the_error(small):
+    from diffinterp.core.hook_points import ReentrantRunError
+
+    _, hm = small
+    ids, mask = make_prompts(96, 1, 4)
+    name = "decoder.blocks.0.hook_resid_post"
+
+    def reenter(tensor, hook):
+        hm.generate(ids, attention_mask=mask, **GEN)
+
+    with pytest.raises(ReentrantRunError, match=f"from a hook on '{name}'"):
+        with hm.taps([(name, reenter)]):
+            hm.generate(ids, attention_mask=mask, **GEN)
+    assert hm.attached_hook_points == []

@@ -149,3 +149,22 @@ def test_a_quantized_load_still_refuses_a_checkpoint_missing_a_weight(tmp_path):
     save_file(weights, str(folder / "model.safetensors"))
     with pytest.raises(ValueError, match="missing weights"):
         di.load_model(folder, quantize="int8")
+
+
+def test_the_load_report_is_dropped_only_when_it_lists_nothing_but_quantizer_scales():
+    import logging
+
+    from diffinterp.core.loading import _DropScalesOnlyReport
+
+    def record(rows: str) -> logging.LogRecord:
+        table = "Key | Status | \n----+--------+-\n" + rows
+        message = f"DiffusionGemmaForBlockDiffusion LOAD REPORT from: carry\n{table}\nNotes:\n- MISSING: ..."
+        return logging.LogRecord("transformers.modeling_utils", logging.WARNING, __file__, 1, message, None, None)
+
+    drop = _DropScalesOnlyReport()
+    scales = "model.layers.{0, 1}.mlp.up_proj.input_scale | MISSING | \nmodel.layers.{0, 1}.mlp.up_proj.output_scale | MISSING | \n"
+    assert not drop.filter(record(scales))
+    assert drop.filter(record(scales + "model.extra.weight | UNEXPECTED | \n"))
+    assert drop.filter(record("model.layers.0.mlp.up_proj.weight | MISSING | \n"))
+    other = logging.LogRecord("transformers.modeling_utils", logging.WARNING, __file__, 1, "something else", None, None)
+    assert drop.filter(other)

@@ -211,3 +211,29 @@ def test_failed_write_leaves_no_file(recorded, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         cache.save(tmp_path / "cache.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_another_acceptance_method_gets_the_entropy_recomputed():
+    """The entropy is read from the sort only inside transformers' own ``accept_canvas``: a
+    subclass that sorts something else of the same shape first must not be recorded as entropy."""
+    from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
+        EntropyBoundSampler,
+        EntropyBoundSamplerConfig,
+    )
+
+    from diffinterp.core.sampler import READ_ENTROPY_FROM, accept_and_read_entropy, token_entropy
+
+    class SortsFirst(EntropyBoundSampler):
+        def accept_canvas(self, current_canvas, denoiser_canvas, logits, cur_step):
+            torch.sort(logits.amax(-1), dim=-1)  # a [batch, canvas] float that is not the entropy
+            return super().accept_canvas(current_canvas, denoiser_canvas, logits, cur_step)
+
+    shape = (2, 64, 512)
+    assert shape[0] * shape[1] * shape[2] >= READ_ENTROPY_FROM
+    logits = torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 3
+    canvas = torch.zeros(shape[:2], dtype=torch.long)
+    for sampler_class in (EntropyBoundSampler, SortsFirst):
+        sampler = sampler_class(EntropyBoundSamplerConfig(entropy_bound=0.4), shape[1], shape[2], 8)
+        accepted, entropy = accept_and_read_entropy(sampler.accept_canvas, canvas, canvas + 1, logits, 3)
+        assert torch.equal(entropy, token_entropy(logits)), sampler_class.__name__
+        assert torch.equal(accepted, EntropyBoundSampler.accept_canvas(sampler, canvas, canvas + 1, logits, 3))

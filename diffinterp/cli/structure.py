@@ -139,7 +139,8 @@ def cmd_check(args) -> int:
     for row in rows:
         print(f"| {row.what} | {human_bytes(row.bytes)} | {row.how} |")
     if devices:
-        need = report.weight_bytes + rows[1].bytes
+        kv = next(row.bytes for row in rows if row.what.startswith("KV cache"))
+        need = report.weight_bytes + kv
         total = sum(devices) * 2**30
         verdict = "fits" if need <= total else "does not fit"
         print(

@@ -262,12 +262,14 @@ def quantized_weight_rows(model: torch.nn.Module, element: int) -> list[MemoryRo
     groups = parameter_groups(model)
     (linear, rows), (experts, _), (other, _) = groups["linear"], groups["experts"], groups["other"]
     dense = (experts + other) * element
-    share = f"{linear / 1e9:.2f} B of {(linear + experts + other) / 1e9:.2f} B parameters are in linear layers"
+    share = (
+        f"{linear / 1e9:.2f} billion of {(linear + experts + other) / 1e9:.2f} billion parameters are in linear layers"
+    )
     return [
         MemoryRow("weights, quantize='int8'", linear + rows * element + dense, f"optimum-quanto, linear layers only: {share}"),
         MemoryRow("weights, quantize='int4'", linear // 2 + 2 * (linear // 128) * element + dense, "optimum-quanto, linear layers only"),
-        MemoryRow("weights, FP8 linear layers and experts", (linear + experts) + 4 * ((linear + experts) // 16384) + other * element,
-                  "transformers FineGrainedFP8Config (GPU only; experts too)"),
+        MemoryRow("weights, FineGrainedFP8Config (linear layers and experts)", (linear + experts) + 4 * ((linear + experts) // 16384) + other * element,
+                  "quantize=FineGrainedFP8Config(...), GPU only; not quantize='float8'"),
     ]  # fmt: skip
 
 

@@ -130,7 +130,9 @@ class RunContext:
         self.running = what
         try:
             yield
+            self.raise_if_nonfinite()  # flags the run left unread are its own, not the next run's
         finally:
+            self.pending = []  # after an error too: an aborted run's flags must not blame the next one
             self.running = None
             self.stack, self.block, self.step = saved
 
@@ -210,7 +212,11 @@ class StepHookPoint(HookPoint):
         if not callable(tap):
             raise TypeError(f"a tap on '{self.name}' must be callable as tap(activation, hook_point), got {tap!r}")
         self._taps.append(tap)
-        self._sync_adapter()
+        try:
+            self._sync_adapter()
+        except BaseException:  # attaching failed: leave no tap behind
+            self._taps.remove(tap)
+            raise
 
         def remove() -> None:
             for index, held in enumerate(self._taps):
@@ -278,8 +284,14 @@ def _fire(hook_point: HookPoint, activation: torch.Tensor) -> torch.Tensor | Non
         return None
     taps = state.get("_taps")
     if taps and not hook_point._forward_hooks and not hook_point._backward_hooks:
-        for tap in taps:
-            tap(activation, hook_point)
+        if context is not None:  # so a tap that re-enters the model is named in the error
+            outer, context.firing = context.firing, hook_point.name
+        try:
+            for tap in tuple(taps):  # a copy: a tap may remove itself
+                tap(activation, hook_point)
+        finally:
+            if context is not None:
+                context.firing = outer
         return None
     if context is not None:
         outer, context.firing = context.firing, hook_point.name
@@ -308,7 +320,7 @@ def _fire(hook_point: HookPoint, activation: torch.Tensor) -> torch.Tensor | Non
             context.vouched = None
     if taps:
         final = activation if new is None else new
-        for tap in taps:
+        for tap in tuple(taps):
             tap(final, hook_point)
     return new
 

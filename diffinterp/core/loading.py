@@ -190,20 +190,34 @@ def quantized_linear_layers(model: torch.nn.Module) -> list[str]:
     return found
 
 
-class _DropLoadReport(logging.Filter):
+class _DropScalesOnlyReport(logging.Filter):
+    """Drops transformers' load report when every row it lists is a quantizer buffer reported
+    MISSING; a report with anything else (an unexpected or mismatched weight, a real missing one)
+    is kept whole."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "LOAD REPORT" not in record.getMessage()
+        message = record.getMessage()
+        if "LOAD REPORT" not in message:
+            return True
+        rows = [line.split("|") for line in message.splitlines() if line.count("|") >= 2]
+        rows = [(cells[0].strip(), cells[1].strip()) for cells in rows if cells[0].strip() not in ("", "Key")]
+        rows = [(key, status) for key, status in rows if not set(key) <= {"-", "+"}]  # the table's rule line
+        only_scales = bool(rows) and all(
+            "MISSING" in status and key.rsplit(".", 1)[-1] in QUANTIZER_BUFFERS for key, status in rows
+        )
+        return not only_scales
 
 
 @contextmanager
 def _quiet_load_report(quiet: bool) -> Iterator[None]:
-    """Drop transformers' load report while a quantized model loads: it lists the quantizer's
-    activation scales as missing weights ("newly initialized"), which they are not;
-    :func:`check_loading_info` still refuses a checkpoint that lacks real weights."""
+    """While a quantized model loads, drop transformers' load report if all it lists is the
+    quantizer's activation scales as "missing" (unused without activation quantization, and not in
+    a float checkpoint); any other report is shown, and :func:`check_loading_info` still refuses a
+    checkpoint that lacks real weights."""
     if not quiet:
         yield
         return
-    modeling_logger, dropper = logging.getLogger("transformers.modeling_utils"), _DropLoadReport()
+    modeling_logger, dropper = logging.getLogger("transformers.modeling_utils"), _DropScalesOnlyReport()
     modeling_logger.addFilter(dropper)
     try:
         yield

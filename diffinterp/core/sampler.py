@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
+from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSampler
 
 from diffinterp.core.bottleneck import Bottleneck, apply_bottleneck
 from diffinterp.core.inputs import (
@@ -103,10 +104,13 @@ def accept_and_read_entropy(accept: Callable, current_canvas, denoiser_canvas, l
     """``accept(current_canvas, denoiser_canvas, logits, cur_step)`` (the sampler's ``accept_canvas``)
     and the per-position entropy, ``(accepted, entropy)``.
 
-    For large logits the entropy is the one the sampler computed (read as the input of its sort, no
-    second pass over ``[batch, canvas, vocab]``); for small ones, or a sampler that sorts something
-    else, :func:`token_entropy` recomputes it, bit for bit the same."""
-    if logits.numel() < READ_ENTROPY_FROM:
+    For large logits and transformers' own ``EntropyBoundSampler.accept_canvas`` the entropy is the
+    one the sampler computed (read as the input of its sort, no second pass over ``[batch, canvas,
+    vocab]``); for small logits, or any other acceptance method (a subclass, a wrapper),
+    :func:`token_entropy` recomputes it, bit for bit the same."""
+    # read only from transformers' own method, whose sort's input is known to be the entropy
+    own = getattr(accept, "__func__", None) is EntropyBoundSampler.accept_canvas
+    if not own or logits.numel() < READ_ENTROPY_FROM:
         return accept(current_canvas, denoiser_canvas, logits, cur_step), token_entropy(logits)
     with _SortInput() as sorted_input:
         accepted = accept(current_canvas, denoiser_canvas, logits, cur_step)

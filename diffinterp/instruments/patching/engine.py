@@ -85,6 +85,10 @@ def _gumbel_argmax(probs: torch.Tensor, copies: int) -> torch.Tensor:
     return (probs.view(copies, rows, vocab) / q).argmax(-1).view(-1)
 
 
+def _finite_as(tensor: torch.Tensor, dtype: torch.dtype) -> bool:
+    return bool(torch.isfinite(tensor.to(dtype) if dtype.is_floating_point else tensor).all())
+
+
 class _Patcher:
     """Forward hooks that write the source activations into the rows of each patched run."""
 
@@ -99,7 +103,8 @@ class _Patcher:
                     raise ValueError(f"a Patch names one hook, not a pattern: '{patch.name}'")
                 recorded = source.get(patch.name, patch.step, patch.block)  # fails early, naming the recorded steps
                 key = (patch.name, patch.step, patch.block)
-                if key not in self.table and recorded.is_floating_point() and not bool(torch.isfinite(recorded).all()):
+                # checked once per source, as the hook will write it (a cast to the model's dtype can overflow)
+                if key not in self.table and recorded.is_floating_point() and not _finite_as(recorded, hm.model.dtype):
                     raise ValueError(
                         f"source activation of '{patch.name}' at step {patch.step}, block {patch.block} holds non-finite "
                         "values (NaN or inf): patching it in would feed them to the run; record the source again"
@@ -397,6 +402,12 @@ def _run_group(
     finally:
         context.stack = context.block = context.step = None
     shape = (copies, batch)
+    if not bool(torch.isfinite(final_logits).all()):  # one read per group: patches are not checked per call
+        bad = (~torch.isfinite(final_logits)).flatten(1).any(1).view(shape).any(1).nonzero().flatten().tolist()
+        raise ValueError(
+            f"patched runs {bad[:5]} of this group ended with NaN or inf logits: the model produced them from the "
+            "patched activations (a source value that overflows the model's dtype, or the model's own NaN)"
+        )
     values = metric(final_logits.view(*shape, *final_logits.shape[1:]), final_argmax.view(*shape, -1))
     return values.detach().float()
 
