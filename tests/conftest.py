@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -71,3 +73,29 @@ def small():
 def no_torch_hooks(model: torch.nn.Module) -> bool:
     """True if no forward / pre-forward / backward hook is attached to any module."""
     return all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks for m in model.modules())
+
+
+@contextmanager
+def decoder_step_counter(model):
+    """For the body, a plain torch pre-hook counting decoder forwards (``state["calls"]``, from 0 at
+    the first): the independent reference's notion of 'step'."""
+    state = {"calls": -1}
+
+    def count(_module, _args, _kwargs):
+        state["calls"] += 1
+
+    handle = model.model.decoder.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        yield state
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def plain_forward_hook(module, fn):
+    """A hand-written torch forward hook on ``module`` for the body: the reference a hook point is checked against."""
+    handle = module.register_forward_hook(fn)
+    try:
+        yield
+    finally:
+        handle.remove()

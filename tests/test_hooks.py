@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import diffinterp as di
-from tests.conftest import make_prompts, no_torch_hooks
+from tests.conftest import decoder_step_counter, make_prompts, no_torch_hooks, plain_forward_hook
 
 GEN = dict(max_new_tokens=16, max_denoising_steps=4)
 PER_LAYER = [
@@ -123,16 +123,6 @@ def test_logits_hook_equals_recorded_logits_and_steps_are_reported(small):
     assert cache.get("encoder.hook_embed", block=1).shape == (2, 8, 64)
 
 
-def _decoder_step_counter(model):
-    """A plain torch pre-hook counting decoder forwards: the reference's notion of 'step'."""
-    state = {"calls": -1}
-
-    def count(_module, _args, _kwargs):
-        state["calls"] += 1
-
-    return state, model.model.decoder.register_forward_pre_hook(count, with_kwargs=True)
-
-
 @pytest.mark.parametrize(
     "hook_name,module_path",
     [
@@ -154,15 +144,11 @@ def test_zero_ablation_equals_a_plain_torch_hook(tiny, hook_name, module_path):
         input_ids, fwd_hooks=[(hook_name, lambda t, hook: torch.zeros_like(t))], steps=[2], **kwargs
     )
 
-    state, counter = _decoder_step_counter(model)
     module = model.model.decoder.get_submodule(module_path)
-    handle = module.register_forward_hook(lambda _m, _i, out: torch.zeros_like(out) if state["calls"] == 2 else None)
-    try:
-        torch.manual_seed(4)
-        reference = hm.generate(input_ids, **kwargs)
-    finally:
-        handle.remove()
-        counter.remove()
+    with decoder_step_counter(model) as state:
+        with plain_forward_hook(module, lambda _m, _i, out: torch.zeros_like(out) if state["calls"] == 2 else None):
+            torch.manual_seed(4)
+            reference = hm.generate(input_ids, **kwargs)
     assert torch.equal(ablated.sequences, reference.sequences)
     for step in range(len(reference.steps[0])):
         assert torch.equal(ablated.steps[0][step].logits, reference.steps[0][step].logits), step
@@ -369,16 +355,12 @@ def test_a_tap_reads_what_a_plain_torch_hook_reads_and_what_an_edit_left(small):
     input_ids, mask = make_prompts(96, 2, 5)
     kwargs = dict(attention_mask=mask, **GEN)
     name = "decoder.blocks.1.hook_resid_post"
-    state, counter = _decoder_step_counter(model)
     captured = {}
     layer = model.model.decoder.layers[1]
-    handle = layer.register_forward_hook(lambda _m, _i, out: captured.setdefault(state["calls"], out.detach().clone()))
-    try:
-        torch.manual_seed(2)
-        reference = hm.generate(input_ids, **kwargs)
-    finally:
-        handle.remove()
-        counter.remove()
+    with decoder_step_counter(model) as state:
+        with plain_forward_hook(layer, lambda _m, _i, out: captured.setdefault(state["calls"], out.detach().clone())):
+            torch.manual_seed(2)
+            reference = hm.generate(input_ids, **kwargs)
 
     seen = {}
 

@@ -11,6 +11,7 @@ from transformers import QuantoConfig
 import diffinterp as di
 from diffinterp.core.loading import quantized_linear_layers
 from diffinterp.organisms.evaluate import evaluate_task
+from tests.conftest import decoder_step_counter, plain_forward_hook
 
 PROMPTS = ["carry 1 9 9 8 7 7 2 5 1 3", "carry 4 0 2 9 9 9 1 7 3 6"]
 
@@ -67,18 +68,11 @@ def test_hooks_and_the_sampler_are_exact_on_the_quantized_model(pair):
     ablated = quantized.run_with_hooks(
         ids, fwd_hooks=[("decoder.blocks.1.hook_attn_out", lambda t, hook: torch.zeros_like(t))], steps=[2], **kwargs
     )
-    calls = {"n": -1}
-    decoder = quantized.model.model.decoder
-    counter = decoder.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
-    handle = decoder.layers[1].post_attention_layernorm.register_forward_hook(
-        lambda _m, _i, out: torch.zeros_like(out) if calls["n"] % 4 == 2 else None
-    )
-    try:
-        torch.manual_seed(1)
-        plain = quantized.model.generate(ids, **kwargs).sequences
-    finally:
-        handle.remove()
-        counter.remove()
+    norm = quantized.model.model.decoder.layers[1].post_attention_layernorm
+    with decoder_step_counter(quantized.model) as calls:
+        with plain_forward_hook(norm, lambda _m, _i, out: torch.zeros_like(out) if calls["calls"] % 4 == 2 else None):
+            torch.manual_seed(1)
+            plain = quantized.model.generate(ids, **kwargs).sequences
     assert torch.equal(ablated.sequences, plain)
     torch.manual_seed(1)
     clean = quantized.generate(ids, record_logits=True, **kwargs)

@@ -280,22 +280,16 @@ def _fire(hook_point: HookPoint, activation: torch.Tensor) -> torch.Tensor | Non
     one call per activation, as a hand-written torch hook makes."""
     state = hook_point.__dict__
     context = state.get("_context")
-    if context is not None and context.suppressed:
-        return None
-    taps = state.get("_taps")
-    if taps and not hook_point._forward_hooks and not hook_point._backward_hooks:
-        if context is not None:  # so a tap that re-enters the model is named in the error
-            outer, context.firing = context.firing, hook_point.name
-        try:
+    if context is not None:
+        if context.suppressed:
+            return None
+        outer, context.firing = context.firing, hook_point.name  # named in a re-entrant run's error
+    try:
+        taps = state.get("_taps")
+        if taps and not hook_point._forward_hooks and not hook_point._backward_hooks:
             for tap in tuple(taps):  # a copy: a tap may remove itself
                 tap(activation, hook_point)
-        finally:
-            if context is not None:
-                context.firing = outer
-        return None
-    if context is not None:
-        outer, context.firing = context.firing, hook_point.name
-    try:
+            return None
         if (
             hook_point._backward_hooks
             or hook_point._backward_pre_hooks
@@ -310,19 +304,16 @@ def _fire(hook_point: HookPoint, activation: torch.Tensor) -> torch.Tensor | Non
                 replaced = hook(hook_point, args, result)
                 if replaced is not None:
                     result = replaced
+        new = None if result is activation else check_replacement(hook_point, activation, result)
+        if taps:
+            final = activation if new is None else new
+            for tap in tuple(taps):
+                tap(final, hook_point)
+        return new
     finally:
         if context is not None:
             context.firing = outer
-    try:
-        new = None if result is activation else check_replacement(hook_point, activation, result)
-    finally:
-        if context is not None:
             context.vouched = None
-    if taps:
-        final = activation if new is None else new
-        for tap in tuple(taps):
-            tap(final, hook_point)
-    return new
 
 
 # ---------------------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ class _Patcher:
                         f"source activation of '{patch.name}' at step {patch.step}, block {patch.block} holds non-finite "
                         "values (NaN or inf): patching it in would feed them to the run; record the source again"
                     )
-                self.table.setdefault((patch.name, patch.step, patch.block), []).append((index, patch))
+                self.table.setdefault(key, []).append((index, patch))
         if source.positions is not None:
             raise ValueError("the source cache was recorded at selected positions only; record every position to patch")
 
