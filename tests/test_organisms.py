@@ -299,3 +299,40 @@ def test_evaluation_sorts_mixed_case_labels():
     labels = ["filter 10", "filter 4, spacer", "filter 4", "dedup 2", "filter 9, spacer"]
     got = [label for label, _ in sorted(((label, None) for label in labels), key=_case_key)]
     assert got == ["dedup 2", "filter 4", "filter 4, spacer", "filter 9, spacer", "filter 10"]
+
+
+# ---------------------------------------------------------------- a smaller warm start
+def _pass_through(module, args, kwargs, output):
+    hidden = args[0] if args else kwargs["hidden_states"]
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+def test_keeping_the_first_layers_equals_the_full_model_with_the_rest_skipped():
+    """``first_layers(model, 2)`` generates what the 4-layer model generates with layers 2-3 made
+    identities by plain torch hooks (encoder and decoder stacks alike), same seed."""
+    import torch
+
+    import diffinterp as di
+    from diffinterp.organisms.train import first_layers
+
+    hm = di.load_model("latin")
+    model = hm.model
+    small = first_layers(model, 2).eval()
+    assert small.config.text_config.layer_types == ["sliding_attention", "full_attention"]
+    enc = hm.tokenizer([catalog.organism("latin").demo_prompt], return_tensors="pt")
+    stacks = (model.model.encoder.language_model.layers, model.model.decoder.layers)
+    handles = [stack[i].register_forward_hook(_pass_through, with_kwargs=True) for stack in stacks for i in (2, 3)]
+    try:
+        torch.manual_seed(0)
+        skipped = model.generate(**enc, return_dict_in_generate=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    torch.manual_seed(0)
+    assert torch.equal(small.generate(**enc, return_dict_in_generate=False), skipped)
+    torch.manual_seed(0)
+    assert not torch.equal(
+        model.generate(**enc, return_dict_in_generate=False), skipped
+    )  # the skipped layers mattered: the check can fail
+    with pytest.raises(ValueError, match="keep_layers must be in 1..4"):
+        first_layers(model, 5)

@@ -53,6 +53,9 @@ def register(subparsers) -> None:
         help="stop after this many steps, keeping the LR schedule of --optimizer-steps (replays a time-capped run)",
     )
     p.add_argument("--init-from", default=None, help="warm-start from a saved folder (a further training stage)")
+    p.add_argument(
+        "--keep-layers", type=int, default=None, help="with --init-from: keep only its first N layers (a smaller pass)"
+    )
     p.set_defaults(func=run_train)
 
     e = subparsers.add_parser(
@@ -114,6 +117,7 @@ def run_train(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         device=device,
         init_from=args.init_from,
+        keep_layers=args.keep_layers,
         stop_after=args.stop_after,
         sc_passes=args.sc_passes,
     )

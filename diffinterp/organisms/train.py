@@ -200,6 +200,7 @@ class TrainConfig:
     max_minutes: float = 58.0
     device: str = "cpu"
     init_from: str | None = None  # warm start from a saved folder (a second training stage)
+    keep_layers: int | None = None  # with init_from: keep only its first N decoder layers (a smaller pass)
     stop_after: int | None = None  # stop after this many steps (the LR schedule still spans ``steps``)
     sc_passes: int | None = None  # self-conditioning passes unrolled (None: the organism's)
     extra: dict = field(default_factory=dict)
@@ -218,11 +219,16 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 def build_model(cfg: TrainConfig):
     torch.manual_seed(cfg.seed)
+    if cfg.keep_layers is not None and not cfg.init_from:
+        raise ValueError("keep_layers needs init_from: the folder whose first layers to keep")
     if cfg.init_from:
         from transformers import DiffusionGemmaForBlockDiffusion, Gemma4ForCausalLM
 
         cls = DiffusionGemmaForBlockDiffusion if cfg.model == "diffusion" else Gemma4ForCausalLM
-        return cls.from_pretrained(cfg.init_from, use_safetensors=True).to(cfg.device)
+        model = cls.from_pretrained(cfg.init_from, use_safetensors=True)
+        if cfg.keep_layers is not None:
+            model = first_layers(model, cfg.keep_layers)
+        return model.to(cfg.device)
     if cfg.model == "diffusion":
         from transformers import DiffusionGemmaForBlockDiffusion
 
@@ -234,6 +240,28 @@ def build_model(cfg: TrainConfig):
     else:
         raise ValueError(f"unknown model {cfg.model!r}; choose diffusion or ar")
     return model.to(cfg.device)
+
+
+def first_layers(model, n: int):
+    """A copy of ``model`` with only its first ``n`` decoder layers (their attention types kept), every
+    other weight (embeddings, self-conditioning, final norm) carried over: a warm start whose single
+    pass computes less, for an organism whose first pass should not solve its task."""
+    text = model.config.get_text_config()
+    if not 1 <= n <= text.num_hidden_layers:
+        raise ValueError(f"keep_layers must be in 1..{text.num_hidden_layers} (the model's layers), got {n}")
+    config = model.config.to_dict()
+    target = config["text_config"] if "text_config" in config else config
+    target["num_hidden_layers"], target["layer_types"] = n, list(text.layer_types[:n])
+    if target.get("per_layer_config"):  # the full layers' own head sizes, for the layers kept
+        target["per_layer_config"] = {k: v for k, v in target["per_layer_config"].items() if int(k) < n}
+    smaller = type(model)(type(model.config).from_dict(config))
+    state = {k: v for k, v in model.state_dict().items() if k in smaller.state_dict()}
+    missing = set(smaller.state_dict()) - set(state)
+    if missing:
+        raise ValueError(f"the smaller model has weights the folder lacks: {sorted(missing)[:5]}")
+    smaller.load_state_dict(state)
+    smaller.generation_config = model.generation_config
+    return smaller
 
 
 def batches(cfg: TrainConfig, stream=None):
