@@ -92,9 +92,10 @@ def decoder_step_counter(model):
 
 
 @contextmanager
-def plain_forward_hook(module, fn):
-    """A hand-written torch forward hook on ``module`` for the body: the reference a hook point is checked against."""
-    handle = module.register_forward_hook(fn)
+def plain_forward_hook(module, fn, **options):
+    """A hand-written torch forward hook on ``module`` for the body: the reference a hook point is checked against
+    (``options`` pass to ``register_forward_hook``, e.g. ``with_kwargs=True``)."""
+    handle = module.register_forward_hook(fn, **options)
     try:
         yield
     finally:

@@ -310,9 +310,12 @@ def _pass_through(module, args, kwargs, output):
 def test_keeping_the_first_layers_equals_the_full_model_with_the_rest_skipped():
     """``first_layers(model, 2)`` generates what the 4-layer model generates with layers 2-3 made
     identities by plain torch hooks (encoder and decoder stacks alike), same seed."""
+    from contextlib import ExitStack
+
     import torch
 
     import diffinterp as di
+    from conftest import plain_forward_hook
     from diffinterp.organisms.train import first_layers
 
     hm = di.load_model("latin")
@@ -321,13 +324,11 @@ def test_keeping_the_first_layers_equals_the_full_model_with_the_rest_skipped():
     assert small.config.text_config.layer_types == ["sliding_attention", "full_attention"]
     enc = hm.tokenizer([catalog.organism("latin").demo_prompt], return_tensors="pt")
     stacks = (model.model.encoder.language_model.layers, model.model.decoder.layers)
-    handles = [stack[i].register_forward_hook(_pass_through, with_kwargs=True) for stack in stacks for i in (2, 3)]
-    try:
+    with ExitStack() as hooks:
+        for layer in (stack[i] for stack in stacks for i in (2, 3)):
+            hooks.enter_context(plain_forward_hook(layer, _pass_through, with_kwargs=True))
         torch.manual_seed(0)
         skipped = model.generate(**enc, return_dict_in_generate=False)
-    finally:
-        for handle in handles:
-            handle.remove()
     torch.manual_seed(0)
     assert torch.equal(small.generate(**enc, return_dict_in_generate=False), skipped)
     torch.manual_seed(0)

@@ -255,8 +255,9 @@ def first_layers(model, n: int):
     if target.get("per_layer_config"):  # the full layers' own head sizes, for the layers kept
         target["per_layer_config"] = {k: v for k, v in target["per_layer_config"].items() if int(k) < n}
     smaller = type(model)(type(model.config).from_dict(config))
-    state = {k: v for k, v in model.state_dict().items() if k in smaller.state_dict()}
-    missing = set(smaller.state_dict()) - set(state)
+    wanted = smaller.state_dict().keys()
+    state = {k: v for k, v in model.state_dict().items() if k in wanted}
+    missing = wanted - state.keys()
     if missing:
         raise ValueError(f"the smaller model has weights the folder lacks: {sorted(missing)[:5]}")
     smaller.load_state_dict(state)
