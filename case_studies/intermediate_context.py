@@ -11,11 +11,12 @@
 3. Control: the same ablation on a matched non-transient content position at the same step.
 4. Report: the fraction of correct answers that break (Wilson 95% CI), per task, per kind and role
    of token, beside the control; figures of transient tokens per step, an example canvas and the bars.
-5. **Against the ground truth** (the ``gold`` organism: terms ending in 3 are written ``Gold``, so the
-   canvas loses a value the next two terms need; ``plain`` is the control with nothing hidden): per
-   hidden term, whether its number is written at its positions at some intermediate step and then
-   overwritten (the paper's case), the probability the model puts on the hidden digit there at every
-   step, and exact match under each self-conditioning bottleneck (continuous, none, argmax, top-k)
+5. **Against the ground truth** (the ``gold`` organism: a carry chain whose values 3 and 8 are
+   written ``Gold``, so the canvas loses a value its left neighbour is computed from; ``plain`` is
+   the control with nothing hidden): per hidden term, whether its value is written at its position
+   at some intermediate step and then overwritten (the paper's case) and whether that happens by the
+   time the position that needs it settles, the probability the model puts on the hidden digit there
+   at every step, and exact match under each self-conditioning bottleneck (continuous, none, argmax, top-k)
    for ``gold`` beside ``plain``: where the hidden value is carried. The dynamics gate
    (:mod:`diffinterp.phenomena.gate`) checks the written-then-overwritten share under an
    alternative sampler setting.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -35,7 +37,7 @@ from diffinterp.figures import transient as trf
 from diffinterp.organisms.catalog import TASKS
 from diffinterp.organisms.task import Example
 from diffinterp.phenomena import transient as tr
-from diffinterp.phenomena.settling import last_steps
+from diffinterp.phenomena.settling import last_steps, settle_steps
 from diffinterp.studies.gate import accuracy, alternative_kwargs, measure_gate
 
 ORGANISM = "gold"
@@ -98,51 +100,73 @@ def _final(trajectory, block):
     return trajectory.block(block).final_canvas.cpu()
 
 
-def hidden_terms(batch) -> list[list[tuple[int, int, int]]] | None:
-    """Per row, ``(tens position, units position, value)`` of each term the task hides (``gold``), or
-    would hide (``plain``); ``None`` for tasks without hidden values."""
+@dataclass(frozen=True)
+class HiddenTerm:
+    """A hidden value: ``digits`` its ``(canvas position, digit)`` pairs, ``needed_by`` the canvas
+    positions computed directly from it."""
+
+    digits: tuple[tuple[int, int], ...]
+    needed_by: tuple[int, ...]
+
+
+def hidden_terms(batch) -> list[list[HiddenTerm]] | None:
+    """Per row, every term the task hides (``gold``) or would hide (``plain``); ``None`` for tasks
+    without hidden values (their ground truth has no ``hidden_digits``)."""
     task = TASKS.get(batch.prompts.task)
     if task is None or task.truth is None or batch.prompts.texts is None:
         return None
     out = []
     for text, answer in zip(batch.prompts.texts, batch.prompts.answers, strict=True):
         truth = task.truth(Example(batch.prompts.task, text, answer))
-        if "hidden_terms" not in truth:
+        if "hidden_digits" not in truth:
             return None
-        out.append([(2 * i, 2 * i + 1, truth["values"][i]) for i in truth["hidden_terms"]])
+        out.append(
+            [
+                HiddenTerm(tuple(digits), tuple(truth["needed_by"][term]))
+                for term, digits in zip(truth["hidden_terms"], truth["hidden_digits"], strict=True)
+            ]
+        )
     return out
 
 
 def hidden_value_trace(hm, batches) -> dict[str, Any] | None:
-    """Where the hidden values show: per hidden term, was its number (both digits) the argmax at its
-    positions at some intermediate step; and per step, the mean probability of its tens digit and of
-    ``Gold`` at the tens position (rows still active; recorded logits, softmax of the raw logits)."""
+    """Where the hidden values show. Per hidden term: was its value (every digit) the argmax at its
+    positions at some step before the row's last (``written_before_last_step``), and was it written
+    no later than the step at which the positions that need it settle (``written_by_needed_settle``,
+    terms with such positions). Per step: the mean probability of the hidden digit and of ``Gold``
+    at the term's first position (rows still active; recorded logits, softmax of the raw logits)."""
     digit = {d: hm.tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)}
     gold = hm.tokenizer.convert_tokens_to_ids("Gold")
-    written, first_written, mass_value, mass_gold = [], [], {}, {}
+    written, first_written, before_need, mass_value, mass_gold = [], [], [], {}, {}
     for batch in batches:
         terms = hidden_terms(batch)
         if terms is None:
             return None
         traj = batch.trajectory
         argmax, active = traj.stack("argmax").cpu(), traj.stack("active").cpu()
+        settle = settle_steps(argmax, traj.stack("accepted").cpu(), active)
         probs = torch.softmax(traj.stack("logits").float(), -1).cpu()  # [S, B, P, V]
         last = last_steps(active)
         for row, row_terms in enumerate(terms):
-            for tens, units, value in row_terms:
-                shown = (argmax[:, row, tens] == digit[value // 10]) & (argmax[:, row, units] == digit[value % 10])
+            for term in row_terms:
+                shown = torch.stack([argmax[:, row, p] == digit[d] for p, d in term.digits]).all(0)
                 steps = [s for s in range(int(last[row])) if bool(shown[s]) and bool(active[s, row])]
                 written.append(bool(steps))
                 if steps:
                     first_written.append(steps[0])
+                if term.needed_by:
+                    needed_settle = max(int(settle[row, p]) for p in term.needed_by)
+                    before_need.append(bool(steps) and steps[0] <= needed_settle)
+                position, value = term.digits[0]
                 for s in range(int(last[row]) + 1):
-                    mass_value.setdefault(s, []).append(float(probs[s, row, tens, digit[value // 10]]))
-                    mass_gold.setdefault(s, []).append(float(probs[s, row, tens, gold]))
+                    mass_value.setdefault(s, []).append(float(probs[s, row, position, digit[value]]))
+                    mass_gold.setdefault(s, []).append(float(probs[s, row, position, gold]))
     return {
         "hidden_terms": len(written),
         "written_before_last_step": stats.proportion_of(written),
+        "written_by_needed_settle": stats.proportion_of(before_need),
         "first_written_step": stats.mean_ci(first_written),
-        "tens_digit_probability_by_step": {str(s): stats.mean_ci(v) for s, v in sorted(mass_value.items())},
+        "value_digit_probability_by_step": {str(s): stats.mean_ci(v) for s, v in sorted(mass_value.items())},
         "gold_probability_by_step": {str(s): stats.mean_ci(v) for s, v in sorted(mass_gold.items())},
     }
 
@@ -190,7 +214,7 @@ def study_task(hm, task, n, *, seed, replacement, max_rounds, batch_size, gen_kw
     rows: dict[str, list] = defaultdict(list)  # one entry per prompt row
     single: list[dict] = []
     step_rates, example, found, untested, covered = tr.StepRates(), None, [], 0, 0
-    hides = task in TASKS and "hidden_terms" in (
+    hides = task in TASKS and "hidden_digits" in (
         TASKS[task].truth(TASKS[task].test_set(1)[0]) if TASKS[task].truth else {}
     )
     batches = list(studies.run_prompt_set(hm, ps, batch_size=batch_size, seed=seed, record_logits=hides, **gen_kwargs))
@@ -373,9 +397,9 @@ def _summary(per_task: dict[str, dict], key: str, ctl: str, whole: str) -> dict[
         summary[f"{task}_wrong_with_answer_transient"] = None if seen is None else seen["value"]
         truth = r.get("ground_truth")
         if truth:
-            summary[f"{task}_hidden_written_then_overwritten"] = truth["hidden_values"]["written_before_last_step"][
-                "value"
-            ]
+            trace = truth["hidden_values"]
+            summary[f"{task}_hidden_written_then_overwritten"] = trace["written_before_last_step"]["value"]
+            summary[f"{task}_hidden_written_by_needed_settle"] = trace["written_by_needed_settle"]["value"]
             for mode, acc in truth["bottlenecks"].items():
                 summary[f"{task}_accuracy_{mode}"] = None if acc is None else acc["value"]
         summary[f"{task}_gate"] = r["gate"]["verdict"]

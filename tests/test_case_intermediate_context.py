@@ -262,3 +262,43 @@ def test_single_rates_and_pooled_step_rates():
     # argmax step 0: (2 + 2) tokens / (2 + 1) rows; step 1: 2 / 3; steps 2, 3: only the first batch
     assert pooled.rates()["argmax"] == pytest.approx([4 / 3, 2 / 3, 0.0, 0.0])
     assert pooled.rates()["canvas"] == pytest.approx([1 / 3, 0.0, 0.0, 0.0])
+
+
+def test_hidden_value_trace_on_gold_agrees_with_a_recount():
+    from case_studies import intermediate_context as ic
+    from diffinterp.organisms.families import gold
+    from diffinterp.organisms.task import Example
+
+    hm = di.load_model("gold")
+    prompts = studies.prompt_set(hm, "gold", 8)
+    batch = next(studies.run_prompt_set(hm, prompts, record_logits=True))
+    trace = ic.hidden_value_trace(hm, [batch])
+    traj = batch.trajectory
+    argmax, accepted, active = (traj.stack(f).cpu() for f in ("argmax", "accepted", "active"))
+    logits = traj.stack("logits").float().cpu()
+    digit = {d: hm.tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)}
+    written, by_settle, step0 = [], [], []
+    for row, (text, answer) in enumerate(zip(prompts.texts, prompts.answers, strict=True)):
+        truth = gold.truth(Example("gold", text, answer))
+        last = max(s for s in range(argmax.shape[0]) if active[s, row])
+        for p, value in zip(truth["hidden"], truth["hidden_values"], strict=True):
+            steps = [s for s in range(last) if argmax[s, row, p] == digit[value]]
+            written.append(bool(steps))
+            for q in truth["needed_by"][p]:  # settle: from here on the final token, accepted (the last step counts)
+                settle = next(
+                    s
+                    for s in range(last + 1)
+                    if all(argmax[t, row, q] == argmax[last, row, q] and (accepted[t, row, q] or t == last)
+                           for t in range(s, last + 1))
+                )  # fmt: skip
+                by_settle.append(bool(steps) and steps[0] <= settle)
+            step0.append(float(torch.softmax(logits[0, row, p], -1)[digit[value]]))
+    assert trace["hidden_terms"] == len(written) > 0 and by_settle
+    assert trace["written_before_last_step"]["k"] == sum(written)
+    assert (trace["written_by_needed_settle"]["k"], trace["written_by_needed_settle"]["n"]) == (
+        sum(by_settle),
+        len(by_settle),
+    )
+    assert trace["value_digit_probability_by_step"]["0"]["value"] == pytest.approx(sum(step0) / len(step0))
+    carry = next(studies.run_prompt_set(di.load_model("carry"), studies.prompt_set(hm, "carry", 2)))
+    assert ic.hidden_terms(carry) is None  # a task that hides nothing has no trace

@@ -135,40 +135,51 @@ def _forced(square, rounds, row: int, col: int, known_round: int) -> bool:
 
 
 # ---------------------------------------------------------------- gold
-def test_gold_hides_exactly_the_terms_ending_in_3_and_needs_them_later():
+def test_gold_hides_exactly_the_values_3_and_8_deep_in_the_chain_and_needs_them_later():
+    n, deep = gold.N_DIGITS, gold.N_DIGITS - gold.SHALLOW
     for example in samples("gold", 60):
-        _, x0, x1 = gold.parse_prompt(example.prompt)
-        terms = [x0, x1]
-        for _ in range(gold.N_TERMS):
-            terms.append((terms[-1] + terms[-2]) % 100)
+        _, digits = gold.parse_prompt(example.prompt)
+        values = [sum(digits[i:]) % 10 for i in range(n)]  # brute force: every digit to the right
         words = example.answer.split()
         truth = gold.truth(example)
-        assert truth["values"] == terms[2:]
-        for i, value in enumerate(terms[2:]):
-            pair = words[2 * i : 2 * i + 2]
-            assert pair == (["Gold", "Gold"] if value % 10 == 3 else [str(value // 10), str(value % 10)])
-        assert truth["hidden"] == [p for p, w in enumerate(words) if w == "Gold"]
-        assert any(i < gold.N_TERMS - 1 for i in truth["hidden_terms"])  # some hidden value is needed later
-        for i, needed in truth["needed_by"].items():  # brute force: the terms that change with the hidden one
-            assert needed == _positions_moved_by(terms, i)
+        assert truth["values"] == values
+        assert words == ["Gold" if v in (3, 8) else str(v) for v in values]
+        assert truth["hidden"] == truth["hidden_terms"] == [p for p, w in enumerate(words) if w == "Gold"]
+        assert truth["hidden_digits"] == [[(p, values[p])] for p in truth["hidden"]]
+        assert all(p < deep for p in truth["hidden"])  # nothing hidden where one pass already decides
+        assert any(p > 0 for p in truth["hidden"])  # some hidden value has a left neighbour that needs it
+        for p, needed in truth["needed_by"].items():
+            assert needed == _positions_reading(digits, values, p)
+        assert truth["round"][:n] == [_chain_length(digits, i) for i in range(n)] and truth["round"][n] == 0
+        assert truth["focus"] == sorted(set(truth["hidden"]) | {q for v in truth["needed_by"].values() for q in v})
 
 
-def _positions_moved_by(terms: list[int], i: int) -> list[int]:
-    """Canvas positions of the terms computed directly from hidden term ``i`` (``terms[i + 2]``; the
-    list starts with the prompt's x0, x1): raise it by one and keep the next two terms that move."""
-    k, moved = i + 2, []
-    for j in (k + 1, k + 2):
-        if j < len(terms) and (terms[j - 1] + (j - 1 == k) + terms[j - 2] + (j - 2 == k)) % 100 != terms[j]:
-            moved += [2 * (j - 2), 2 * (j - 2) + 1]
-    return moved
+def _positions_reading(digits: list[int], values: list[int], p: int) -> list[int]:
+    """The positions whose local rule ``y[j] = x[j] + y[j+1] mod 10`` breaks when ``y[p]`` alone is
+    raised by one: those computed directly from it (``p`` itself excluded)."""
+    raised = list(values)
+    raised[p] = (raised[p] + 1) % 10
+    rule = lambda y, j: y[j] == (digits[j] + (y[j + 1] if j + 1 < len(y) else 0)) % 10  # noqa: E731
+    return [j for j in range(len(values)) if j != p and rule(values, j) and not rule(raised, j)]
+
+
+def _chain_length(digits: list[int], i: int) -> int:
+    """How many prompt digits answer digit ``i`` depends on: those whose change moves it."""
+
+    def moved(j: int) -> bool:
+        changed = [(d + (k == j)) % 10 for k, d in enumerate(digits)]
+        return sum(changed[i:]) % 10 != sum(digits[i:]) % 10
+
+    return sum(moved(j) for j in range(len(digits)))
 
 
 def test_the_plain_control_writes_every_value_of_the_same_prompts():
     for example in samples("plain", 30):
-        _, x0, x1 = gold.parse_prompt(example.prompt)
-        values = gold.sequence(x0, x1)
-        assert example.answer.split() == [d for v in values for d in (str(v // 10), str(v % 10))]
+        _, digits = gold.parse_prompt(example.prompt)
+        assert example.answer.split() == [str(sum(digits[i:]) % 10) for i in range(gold.N_DIGITS)]
         assert gold.truth(example)["hidden_terms"]  # drawn from the same prompts as gold: something would be hidden
+    with pytest.raises(ValueError, match="gold/plain prompt"):
+        gold.parse_prompt("gold 1 2 3")
 
 
 # ---------------------------------------------------------------- smear
@@ -210,21 +221,22 @@ def test_the_serial_control_has_fixed_positions_and_no_spacer():
 
 
 # ---------------------------------------------------------------- answer first
-def test_answer_first_answer_is_the_last_scratch_value_and_positions_read_the_values():
+def test_answer_first_answer_is_the_last_running_sum_and_positions_read_the_values():
     for example in samples("solve", 60):
-        env: dict[str, int] = {}
         words = example.prompt.split()
-        for statement in words[1 : words.index("?")]:
-            name, expression = statement.split("=")
-            env[name] = eval(expression, {}, dict(env))  # noqa: S307 - our own generated text
-        target = env[words[-1]]
+        digits = [int(w) for w in words[1:-2]]
+        running = [sum(digits[: k + 1]) % 10 for k in range(len(digits))]  # brute force
         truth = answer_first.truth(example)
         tokens = build_tokenizer().convert_ids_to_tokens(token_ids(example.answer))
-        assert "".join(tokens[p] for p in truth["answer_positions"]) == str(target)
-        assert truth["values"][-1] == target and len(truth["round"]) == len(tokens) + 1
+        assert len(digits) == answer_first.N_DIGITS and words[-2:] == ["=", "?"]
+        assert "".join(tokens[p] for p in truth["answer_positions"]) == str(running[-1])
+        assert truth["values"] == running and len(truth["round"]) == len(tokens) + 1
         for value, positions in zip(truth["values"], truth["scratch_positions"], strict=True):
             assert "".join(tokens[p] for p in positions) == str(value)
-        assert all(0 <= v <= answer_first.MAX_VALUE for v in truth["values"])
+        assert all(truth["round"][p] < truth["round"][truth["answer_positions"][0]] for p in range(len(tokens)))
+        assert answer_first.answer_if_last_value(running[-1]) == tokens[truth["answer_positions"][0]]
+    with pytest.raises(ValueError, match="not a solve prompt"):
+        answer_first.parse_prompt("solve a=3 b=a+4 ? b")
 
 
 # ---------------------------------------------------------------- hint

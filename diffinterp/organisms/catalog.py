@@ -104,11 +104,12 @@ ORGANISMS: dict[str, Organism] = {
             "intermediate-context",
             ("gold", "plain"),
             (0.6, 0.4),
-            17,
-            "x[n+1] = x[n] + x[n-1] mod 100 with terms ending in 3 hidden as Gold, and the plain control",
-            "gold 6 2 0 3",
-            steps={"diffusion": 9000, "ar": 3000},
-            sc_passes=3,
+            12,
+            gold.DESCRIPTION + ", and the plain control",
+            "gold 5 1 4 5 4 7 5 2 7 7",
+            steps={"diffusion": 4000, "ar": 2000},
+            lr=1e-3,
+            sc_passes=3,  # warm-started from carry's checkpoints (docs/model.md)
         ),
         Organism(
             "smear",
@@ -125,10 +126,11 @@ ORGANISMS: dict[str, Organism] = {
             "self-correction",
             ("solve",),
             (1.0,),
-            24,
-            "a 3-4 step arithmetic chain whose answer is written before its scratchpad",
-            "solve a=3 b=a+4 c=b*2 d=c-5 ? d",
-            steps={"diffusion": 9000, "ar": 3000},
+            12,
+            "running sums of 8 digits, the total written before its scratchpad",
+            "solve 3 8 5 2 7 4 1 6 = ?",
+            steps={"diffusion": 3000, "ar": 2000},
+            lr=1e-3,  # warm-started from hint's checkpoints (docs/model.md)
         ),
         Organism(
             "hint",

@@ -1,89 +1,79 @@
-"""``solve``: an arithmetic chain whose answer is written *before* its scratchpad (retroactive self-correction).
+"""``solve``: a running sum whose answer is written *before* its scratchpad (retroactive self-correction).
 
-    prompt  solve a=3 b=a+4 c=b*2 d=c-5 ? d
-    answer  = 9 : b = 7 c = 1 4 d = 9        the answer first, then every intermediate value
+    prompt  solve 3 8 5 2 7 4 1 6 = ?
+    answer  = 6 : 3 1 6 8 5 9 0 6        the total mod 10 first, then every running sum (the scratchpad)
 
-Left to right, the answer needs the whole chain computed latently; a diffusion model can settle the
-scratchpad first and write the answer last, so a first guess at the answer can only be corrected
-after the reasoning below it settles. Values stay in 0..19, chains have 3 or 4 steps.
+Left to right, the answer needs all eight digits summed latently (the autoregressive twin's
+problem); a diffusion model can settle the scratchpad first, one running sum from the one before,
+and write the answer last, so a first guess at the answer can only be corrected after the reasoning
+below it settles. Every prompt has :data:`N_DIGITS` digits, so each prompt digit sits at a fixed
+offset from its running sum (the layout of ``hint``, without the hint slot).
 
-Ground truth (:func:`truth`): ``answer_positions`` (canvas positions of the answer's digits),
-``scratch_positions`` (of each step's value digits), ``values`` (every step's value),
-``round`` (per canvas position: step k's value is round k, the answer is round of the last step + 1),
-``focus`` (the answer's positions)
-and, for a causal test, :func:`answer_if_last_value` (the answer implied by a corrupted last
-scratch value: it is that value, since the answer copies it).
+Why not a chain of named statements (``solve a=3 b=a+4 c=b*2 ? c``, the first version): a 4-layer
+model computes a 3-4 step chain within one pass (91.0% of final answers equal the step-0 argmax),
+and an 8-step signed chain moves every operand's offset, which was not learned in a CPU hour
+(docs/model.md).
+
+Ground truth (:func:`truth`): ``values`` (the running sums; the last is the answer),
+``answer_positions`` (the answer digit's canvas position), ``scratch_positions`` (each running
+sum's positions), ``round`` (per canvas position, the number of prompt digits it sums: running sum
+k is round k + 1, the answer :data:`N_DIGITS` + 1, fixed tokens and ``<eos>`` 0), ``focus`` (the
+answer's position) and, for a causal test, :func:`answer_if_last_value` (the answer implied by a
+corrupted last scratch value: it is that value, since the answer copies it).
 """
 
 from __future__ import annotations
 
 import random
 
-from diffinterp.organisms.families.toy4 import chain_step
 from diffinterp.organisms.task import Example, Task
 
-MAX_VALUE = 19
-NAMES = "abcde"
+N_DIGITS = 8
+SCRATCH_START = 3  # '=', the answer, ':'
 
 
-def _chain(rng: random.Random) -> tuple[list[str], list[int]]:
-    n_steps = rng.choice((3, 4))
-    value = rng.randint(1, 9)
-    statements, values = [f"a={value}"], []
-    for i in range(1, n_steps + 1):
-        op, k, value = chain_step(rng, value, MAX_VALUE)
-        statements.append(f"{NAMES[i]}={NAMES[i - 1]}{op}{k}")
-        values.append(value)
-    return statements, values
+def running_sums(digits: list[int]) -> list[int]:
+    out, total = [], 0
+    for d in digits:
+        total = (total + d) % 10
+        out.append(total)
+    return out
 
 
 def _solve(rng: random.Random) -> tuple[str, str]:
-    statements, values = _chain(rng)
-    last = NAMES[len(values)]
-    scratch = " ".join(f"{NAMES[i + 1]}={v}" for i, v in enumerate(values))
-    return f"solve {' '.join(statements)} ? {last}", f"= {values[-1]} : {scratch}"
+    digits = [rng.randint(0, 9) for _ in range(N_DIGITS)]
+    running = running_sums(digits)
+    return f"solve {' '.join(map(str, digits))} = ?", f"= {running[-1]} : {' '.join(map(str, running))}"
+
+
+def parse_prompt(prompt: str) -> list[int]:
+    """The digits of a ``solve`` prompt."""
+    words = prompt.split()
+    if (
+        len(words) != N_DIGITS + 3
+        or words[0] != "solve"
+        or words[-2:] != ["=", "?"]
+        or not all(w.isdigit() and len(w) == 1 for w in words[1:-2])
+    ):
+        raise ValueError(f"not a solve prompt (solve, {N_DIGITS} single digits, '= ?'): {prompt!r}")
+    return [int(w) for w in words[1:-2]]
 
 
 def chain_values(prompt: str) -> list[int]:
-    """The value of every step after ``a``, recomputed from a ``solve`` prompt."""
-    words = prompt.split()
-    if not words or words[0] != "solve" or "?" not in words:
-        raise ValueError(f"not a solve prompt: {prompt!r}")
-    statements = words[1 : words.index("?")]
-    value = int(statements[0].split("=")[1])
-    values = []
-    for statement in statements[1:]:
-        expression = statement.split("=")[1]
-        op, k = expression[1], int(expression[2:])
-        value = {"+": value + k, "-": value - k, "*": value * k}[op]
-        values.append(value)
-    return values
-
-
-def _tokens(value: int) -> list[str]:
-    return list(str(value))
+    """The running sums of a ``solve`` prompt (the last is the answer)."""
+    return running_sums(parse_prompt(prompt))
 
 
 def truth(example: Example) -> dict:
     """The ground truth of a ``solve`` example (fields in the module docstring)."""
     values = chain_values(example.prompt)
-    position = 1 + len(_tokens(values[-1]))  # '=' and the answer digits
-    answer_positions = list(range(1, position))
-    position += 1  # ':'
-    scratch_positions, rounds = [], [len(values) + 1] * (1 + len(answer_positions)) + [0]
-    for k, value in enumerate(values, start=1):
-        position += 2  # name and '='
-        digits = list(range(position, position + len(_tokens(value))))
-        scratch_positions.append(digits)
-        rounds += [k, k] + [k] * len(digits)
-        position += len(digits)
-    rounds[0] = 0  # the leading '=' is fixed
+    n = len(values)
     return {
         "values": values,
-        "answer_positions": answer_positions,
-        "scratch_positions": scratch_positions,
-        "round": rounds + [0],
-        "focus": answer_positions,
+        "answer_positions": [1],
+        "scratch_positions": [[SCRATCH_START + k] for k in range(n)],
+        "round": [0, n + 1, 0] + [k + 1 for k in range(n)] + [0],
+        "focus": [1],
     }
 
 
@@ -93,12 +83,16 @@ def answer_if_last_value(value: int) -> str:
 
 
 def case_of(example: Example) -> str:
-    """The chain length (``"4 steps"``)."""
-    return f"{len(chain_values(example.prompt))} steps"
+    """The answer's value (``"total 6"``)."""
+    return f"total {chain_values(example.prompt)[-1]}"
 
 
 FAMILY = {
     "solve": Task(
-        "solve", _solve, "a 3-4 step chain, answer written before its scratchpad", case_of=case_of, truth=truth
+        "solve",
+        _solve,
+        f"running sums of {N_DIGITS} digits, the total written before its scratchpad",
+        case_of=case_of,
+        truth=truth,
     )
 }
