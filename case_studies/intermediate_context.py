@@ -133,11 +133,11 @@ def hidden_value_trace(hm, batches) -> dict[str, Any] | None:
     """Where the hidden values show. Per hidden term: was its value (every digit) the argmax at its
     positions at some step before the row's last (``written_before_last_step``), and was it written
     no later than the step at which the positions that need it settle (``written_by_needed_settle``,
-    terms with such positions). Per step: the mean probability of the hidden digit and of ``Gold``
+    terms with such positions; ``needed_settle_step``: the mean of that step). Per step: the mean probability of the hidden digit and of ``Gold``
     at the term's first position (rows still active; recorded logits, softmax of the raw logits)."""
     digit = {d: hm.tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)}
     gold = hm.tokenizer.convert_tokens_to_ids("Gold")
-    written, first_written, before_need, mass_value, mass_gold = [], [], [], {}, {}
+    written, first_written, before_need, need_settle, mass_value, mass_gold = [], [], [], [], {}, {}
     for batch in batches:
         terms = hidden_terms(batch)
         if terms is None:
@@ -157,6 +157,7 @@ def hidden_value_trace(hm, batches) -> dict[str, Any] | None:
                 if term.needed_by:
                     needed_settle = max(int(settle[row, p]) for p in term.needed_by)
                     before_need.append(bool(steps) and steps[0] <= needed_settle)
+                    need_settle.append(needed_settle)
                 position, value = term.digits[0]
                 for s in range(int(last[row]) + 1):
                     mass_value.setdefault(s, []).append(float(probs[s, row, position, digit[value]]))
@@ -166,6 +167,7 @@ def hidden_value_trace(hm, batches) -> dict[str, Any] | None:
         "written_before_last_step": stats.proportion_of(written),
         "written_by_needed_settle": stats.proportion_of(before_need),
         "first_written_step": stats.mean_ci(first_written),
+        "needed_settle_step": stats.mean_ci(need_settle),
         "value_digit_probability_by_step": {str(s): stats.mean_ci(v) for s, v in sorted(mass_value.items())},
         "gold_probability_by_step": {str(s): stats.mean_ci(v) for s, v in sorted(mass_gold.items())},
     }

@@ -277,7 +277,7 @@ def test_hidden_value_trace_on_gold_agrees_with_a_recount():
     argmax, accepted, active = (traj.stack(f).cpu() for f in ("argmax", "accepted", "active"))
     logits = traj.stack("logits").float().cpu()
     digit = {d: hm.tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)}
-    written, by_settle, step0 = [], [], []
+    written, by_settle, settles, step0 = [], [], [], []
     for row, (text, answer) in enumerate(zip(prompts.texts, prompts.answers, strict=True)):
         truth = gold.truth(Example("gold", text, answer))
         last = max(s for s in range(argmax.shape[0]) if active[s, row])
@@ -292,6 +292,7 @@ def test_hidden_value_trace_on_gold_agrees_with_a_recount():
                            for t in range(s, last + 1))
                 )  # fmt: skip
                 by_settle.append(bool(steps) and steps[0] <= settle)
+                settles.append(settle)
             step0.append(float(torch.softmax(logits[0, row, p], -1)[digit[value]]))
     assert trace["hidden_terms"] == len(written) > 0 and by_settle
     assert trace["written_before_last_step"]["k"] == sum(written)
@@ -299,6 +300,7 @@ def test_hidden_value_trace_on_gold_agrees_with_a_recount():
         sum(by_settle),
         len(by_settle),
     )
+    assert trace["needed_settle_step"]["value"] == pytest.approx(sum(settles) / len(settles))
     assert trace["value_digit_probability_by_step"]["0"]["value"] == pytest.approx(sum(step0) / len(step0))
     carry = next(studies.run_prompt_set(di.load_model("carry"), studies.prompt_set(hm, "carry", 2)))
     assert ic.hidden_terms(carry) is None  # a task that hides nothing has no trace
