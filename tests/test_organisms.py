@@ -350,3 +350,5 @@ def test_keeping_the_first_layers_equals_the_full_model_with_the_rest_skipped():
     )  # the skipped layers mattered: the check can fail
     with pytest.raises(ValueError, match="keep_layers must be in 1..4"):
         first_layers(model, 5)
+    with pytest.raises(ValueError, match=r"end on a sliding_attention layer.*keep one of \[2, 4\]"):
+        first_layers(model, 3)  # transformers would silently turn layer 2 into a full-attention layer

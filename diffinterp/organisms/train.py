@@ -249,6 +249,12 @@ def first_layers(model, n: int):
     text = model.config.get_text_config()
     if not 1 <= n <= text.num_hidden_layers:
         raise ValueError(f"keep_layers must be in 1..{text.num_hidden_layers} (the model's layers), got {n}")
+    if text.layer_types[n - 1] != "full_attention":  # transformers forces the last layer to full attention
+        full = [i + 1 for i, kind in enumerate(text.layer_types) if kind == "full_attention"]
+        raise ValueError(
+            f"keep_layers={n} would end on a {text.layer_types[n - 1]} layer; Gemma 4 needs its last layer "
+            f"to be full attention, so keep one of {full} (layer types: {list(text.layer_types)})"
+        )
     config = model.config.to_dict()
     target = config["text_config"] if "text_config" in config else config
     target["num_hidden_layers"], target["layer_types"] = n, list(text.layer_types[:n])
