@@ -26,18 +26,11 @@ from __future__ import annotations
 
 import random
 
+from diffinterp.organisms.families.hint import running_sums
 from diffinterp.organisms.task import Example, Task
 
 N_DIGITS = 8
 SCRATCH_START = 3  # '=', the answer, ':'
-
-
-def running_sums(digits: list[int]) -> list[int]:
-    out, total = [], 0
-    for d in digits:
-        total = (total + d) % 10
-        out.append(total)
-    return out
 
 
 def _solve(rng: random.Random) -> tuple[str, str]:
