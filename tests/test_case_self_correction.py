@@ -70,3 +70,17 @@ def test_quick_run_on_the_bundled_model_agrees_with_eval(tmp_path):
     accuracy = (revised["k"] + unrevised["k"]) / 24
     assert accuracy == pytest.approx(evaluate_task(hm, "arith", n=24, batch_size=64)["accuracy"])
     assert sum(metrics["revisions_per_sample_by_step"]) * 24 >= arith["samples_revised"]["k"]
+
+
+def test_a_smaller_batch_size_reaches_every_run_and_the_gate_replays_the_same_chunks(tmp_path):
+    """``batch_size=`` passes through a study's generation arguments (once a TypeError in the gate's
+    one-pass replay): the full run and the one-pass gate agree with ``evaluate_task`` in chunks of 2."""
+    from diffinterp.organisms.evaluate import evaluate_task
+
+    hm = di.load_model("answer-first")
+    metrics = self_correction.run(hm, n=4, out_dir=tmp_path, batch_size=2)
+    gate = metrics["per_task"]["solve"]["gate"]
+    for key, kwargs in (("full_accuracy", {}), ("one_pass_accuracy", {"max_denoising_steps": 1})):
+        reference = evaluate_task(hm, "solve", n=4, batch_size=2, **kwargs)
+        assert gate[key]["n"] == 4 and gate[key]["value"] == pytest.approx(reference["accuracy"]), key
+    assert metrics["options"]["batch_size"] == 2

@@ -64,8 +64,9 @@ def one_pass_accuracy(hm, batches: Sequence[StudyBatch], *, seed: int = 0, **gen
     if not batches or batches[0].correct is None:
         return None
     flags = []
+    # each batch replays as one chunk, whatever chunk size (batch_size) the study ran with
+    gen = {**{k: v for k, v in gen_kwargs.items() if k != "batch_size"}, "max_denoising_steps": 1}
     for batch in batches:
-        gen = {**gen_kwargs, "max_denoising_steps": 1}
         replay = next(iter(run_prompt_set(hm, batch.prompts, batch_size=len(batch.rows), seed=batch.seed, **gen)))
         flags += replay.correct.tolist()
     return proportion(sum(flags), len(flags))
