@@ -5,7 +5,7 @@
 Runs the shipped `latin` checkpoint on the held-out puzzles (the shipped sampler, seeded as
 ``benchmarks/organism_gates.py`` seeds) and reports, for the puzzles whose share of blank cells
 forced in propagation rounds 1-2 is at most q, the share of blank cells whose final token equals
-the step-0 argmax (issue 12's bar: <= 0.70) and the share of blank cells by round. A task filter
+the step-0 argmax (issue 12's bar: <= 0.70), with its Wilson 95% interval. A task filter
 that keeps only such puzzles would move the organism's number this far (before any retraining).
 Numbers quoted in docs/model.md; about 2 minutes on one core.
 """

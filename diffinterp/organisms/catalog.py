@@ -108,8 +108,8 @@ ORGANISMS: dict[str, Organism] = {
             gold.DESCRIPTION + ", and the plain control",
             "gold 5 1 4 5 4 7 5 2 7 7",
             steps={"diffusion": 4000, "ar": 2000},
-            lr=1e-3,
-            sc_passes=3,  # warm-started from carry's checkpoints (docs/model.md)
+            lr=1e-3,  # warm-started from carry's checkpoints (docs/model.md)
+            sc_passes=3,
         ),
         Organism(
             "smear",
@@ -129,8 +129,8 @@ ORGANISMS: dict[str, Organism] = {
             12,
             "running sums of 8 digits, the total written before its scratchpad",
             "solve 3 8 5 2 7 4 1 6 = ?",
-            steps={"diffusion": 3000, "ar": 2000},
-            lr=1e-3,  # warm-started from hint's checkpoints (docs/model.md)
+            steps={"diffusion": 2000, "ar": 2000},  # longer, the first pass learns the sum (docs/model.md)
+            lr=1e-3,  # warm-started from hint's checkpoints
         ),
         Organism(
             "hint",
