@@ -94,10 +94,10 @@ ORGANISMS: dict[str, Organism] = {
             "non-chronological",
             ("latin",),
             (1.0,),
-            26,
-            "order-5 Latin squares solvable by naked-single propagation in >= 3 rounds",
-            "latin 3 2 . . 5 . . 2 . . . . . . 3 5 . . . . . . . 4 1",
-            steps={"diffusion": 8000, "ar": 3000},
+            37,
+            "order-6 Latin squares solvable by naked-single propagation in >= 3 rounds",
+            "latin . 1 . . 3 . . 5 . . . . . . . 3 5 . 1 . . 5 6 . 2 . 4 . . . 3 4 . . . .",
+            steps={"diffusion": 6000, "ar": 2000},  # then a second stage from it (docs/model.md)
         ),
         Organism(
             "gold",

@@ -23,7 +23,7 @@ import random
 
 from diffinterp.organisms.task import Example, Task
 
-ORDER = 5
+ORDER = 6
 SYMBOLS = tuple(str(i) for i in range(1, ORDER + 1))
 MIN_ROUNDS = 3
 BLANK = "."
