@@ -94,8 +94,8 @@ ORGANISMS: dict[str, Organism] = {
             "non-chronological",
             ("latin",),
             (1.0,),
-            37,
-            "order-6 Latin squares solvable by naked-single propagation in >= 3 rounds",
+            latin.ORDER**2 + 1,  # every cell and <eos>
+            f"order-{latin.ORDER} Latin squares solvable by naked-single propagation in >= {latin.MIN_ROUNDS} rounds",
             "latin . 1 . . 3 . . 5 . . . . . . . 3 5 . 1 . . 5 6 . 2 . 4 . . . 3 4 . . . .",
             steps={"diffusion": 6000, "ar": 2000},  # then a second stage from it (docs/model.md)
         ),

@@ -1,7 +1,7 @@
 """``latin``: Latin-square completion, solved by constraint propagation (distributed, non-chronological).
 
-    prompt  latin 3 . . 1 . . 1 . . 4 ...            the square row by row, '.' for a blank
-    answer  3 4 5 1 2 2 1 3 5 4 ...                  every cell, row-major (ORDER * ORDER tokens)
+    prompt  latin . 1 . . 3 . . 5 . . . . ...        the square row by row, '.' for a blank
+    answer  5 1 6 4 3 2 6 5 1 2 4 3 ...              every cell, row-major (ORDER * ORDER tokens)
 
 Prompt cell k and canvas cell k sit at a fixed offset (every prompt has the same length).
 
