@@ -91,7 +91,7 @@ def main() -> None:
         "module alone": nullcontext,
         "hand-written torch hook": lambda: removing(module.register_forward_hook(hand_hook)),
         "TransformerLens HookPoint": nullcontext,
-        "diffinterp caching tap": lambda: hm.taps(caching_taps(cache, [name], None)),
+        "diffinterp caching tap": lambda: hm.taps(caching_taps(cache, [name], None, where=hm.context)),
         "diffinterp user hook": lambda: hm.hooks([(name, user_hook)]),
     }
     call = {"module alone": bare, "hand-written torch hook": hand, "TransformerLens HookPoint": lens}

@@ -80,6 +80,18 @@ def floor(hm, calls: list[dict]) -> None:
             hm.model(**{**kwargs, "past_key_values": snapshot_cache(kwargs["past_key_values"])})
 
 
+def build_sweep(hm, prompts: int):
+    """The sweep on ``prompts`` hop pairs (a zero-argument callable), the forward calls it makes
+    (the floor replays them: ``floor(hm, calls)``), and its number of steps."""
+    clean, cache, corrupt, _, metric, _ = setup(hm, prompts, **full_schedule(hm))
+    n_steps = corrupt.block(0).n_steps
+
+    def sweep():
+        return pt.step_layer_sweep(hm, clean, corrupt, cache, metric, steps=range(n_steps))
+
+    return sweep, captured_forwards(hm, sweep), n_steps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="toy4", help="a model speaking toy4's tasks (its prompts are hop pairs)")
@@ -92,13 +104,7 @@ def main() -> None:
     hm = di.load_model(args.model)
     rows = []
     for prompts in args.prompts:
-        clean, cache, corrupt, _, metric, _ = setup(hm, prompts, **full_schedule(hm))
-        n_steps = corrupt.block(0).n_steps
-
-        def sweep(clean=clean, cache=cache, corrupt=corrupt, metric=metric, n_steps=n_steps):
-            return pt.step_layer_sweep(hm, clean, corrupt, cache, metric, steps=range(n_steps))
-
-        calls = captured_forwards(hm, sweep)
+        sweep, calls, n_steps = build_sweep(hm, prompts)
         times = {"sweep": [], "floor": []}
         cpu = {"sweep": [], "floor": []}  # process CPU time: what other jobs on a shared machine cannot add
         for round_ in range(args.repeats):

@@ -178,11 +178,18 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def run_batch(hm, lm, args, batch: int) -> dict:
-    prompt = checkpoint_metadata(args.model).get("demo_prompt", "a=3 b=a+4 ? b")
+def build_contenders(hm, lm, batch: int, *, model: str, all_steps: bool, jobs: list[str]) -> tuple[dict, dict, dict]:
+    """The contenders of each job on one batch, checked first: every contender's sequences equal
+    plain generate's and every tensor captured equals diffinterp's.
+
+    Returns ``(contenders, checks, info)``: name -> zero-argument callable (``hf_generate``,
+    ``diffinterp_no_hooks``, ``{job}/{diffinterp,torch_hooks,nnsight}``), the number of tensors
+    compared per ``{job}/{peer}``, and per job its hook and cache sizes.
+    """
+    prompt = checkpoint_metadata(model).get("demo_prompt", "a=3 b=a+4 ? b")
     input_ids, mask = hm.to_tokens([prompt] * batch)
     kwargs = {"attention_mask": mask}
-    if args.all_steps:
+    if all_steps:
         kwargs.update(never_stop_early(hm.model.generation_config.max_denoising_steps))
     job_names = {
         "resid_post": hm.resolve_names(RESID_POST),
@@ -201,7 +208,7 @@ def run_batch(hm, lm, args, batch: int) -> dict:
     reference = hf_generate()
     assert torch.equal(replay(), reference)
     checks, info = {}, {}
-    for job in args.jobs:
+    for job in jobs:
         names = job_names[job]
 
         def diffinterp(names=names):
@@ -235,6 +242,13 @@ def run_batch(hm, lm, args, batch: int) -> dict:
         }
         del trajectory, cache, store
 
+    return contenders, checks, info
+
+
+def run_batch(hm, lm, args, batch: int) -> dict:
+    contenders, checks, info = build_contenders(
+        hm, lm, batch, model=args.model, all_steps=args.all_steps, jobs=args.jobs
+    )
     runs = {name: [] for name in contenders}
     order = list(contenders)
     for repeat in range(args.repeats):
@@ -303,6 +317,23 @@ def report(result: dict, repeats: int) -> None:
     print(f"   tensors equal to diffinterp's: {checked}")
 
 
+def nnsight_model(model: str, hm):
+    """nnsight's wrapper of its own load of the checkpoint, and nnsight's version."""
+    import nnsight
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity(hf_logging.CRITICAL)  # the pipeline logs an error listing every class it knows
+    try:
+        # A second load, not a deepcopy: a copy's freshly aligned weights take other SIMD
+        # reduction paths, so its activations differ from the original's in the last bits.
+        own = di.load_model(model).model
+        lm = nnsight.TransformersModel(own, tokenizer=hm.tokenizer, task="text-generation")
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return lm, nnsight.__version__
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="carry", help="organism or DiffusionGemma folder (default carry)")
@@ -326,19 +357,7 @@ def main() -> None:
     hm = di.load_model(args.model)
     lm = version = None
     if not args.no_nnsight:
-        import nnsight
-        from transformers.utils import logging as hf_logging
-
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity(hf_logging.CRITICAL)  # the pipeline logs an error listing every class it knows
-        try:
-            # A second load, not a deepcopy: a copy's freshly aligned weights take other SIMD
-            # reduction paths, so its activations differ from the original's in the last bits.
-            own = di.load_model(args.model).model
-            lm = nnsight.TransformersModel(own, tokenizer=hm.tokenizer, task="text-generation")
-        finally:
-            hf_logging.set_verbosity(verbosity)
-        version = nnsight.__version__
+        lm, version = nnsight_model(args.model, hm)
         print(f"nnsight {version}: with TransformersModel(...).generate(...) as tracer: tracer.cache(modules=...)")
     results = []
     for batch in args.batch:

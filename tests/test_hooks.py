@@ -500,3 +500,45 @@ def test_a_tap_that_reenters_the_model_is_named_in_the_error(small):
         with hm.taps([(name, reenter)]):
             hm.generate(ids, attention_mask=mask, **GEN)
     assert hm.attached_hook_points == []
+
+
+def test_router_hooks_share_one_shape_recorder_and_each_reads_the_router(small):
+    """The three router hook points of a layer share one pre-hook on it (attached with the first,
+    removed with the last, in any order), and each reads the router's own output: a hand-written
+    hook on the router, reshaped to [batch, pos, ·], is the reference."""
+    model, hm = small
+    input_ids, mask = make_prompts(97, 2, 6)
+    kwargs = dict(attention_mask=mask, **GEN)
+    layer = model.model.decoder.layers[1]
+    prefix = "decoder.blocks.1.moe."
+    captured = []
+    with decoder_step_counter(model) as state:
+        with plain_forward_hook(layer.router, lambda _m, _i, out: captured.append([o.detach().clone() for o in out])):
+            torch.manual_seed(4)
+            hm.generate(input_ids, **kwargs)
+    steps = state["calls"] + 1
+    probs = [c for c in captured if c[0].shape[0] == input_ids.shape[0] * model.config.canvas_length]
+    assert len(probs) == steps  # one router call per decoder step
+
+    seen: dict[str, list[torch.Tensor]] = {"hook_router_probs": [], "hook_topk_weights": [], "hook_topk_idx": []}
+
+    def hooks_on(*names):
+        return hm.taps([(prefix + n, lambda t, hook, n=n: seen[n].append(t.clone())) for n in names])
+
+    with hooks_on("hook_topk_idx"):
+        assert len(layer._forward_pre_hooks) == 1
+        with hooks_on("hook_router_probs", "hook_topk_weights"):
+            assert len(layer._forward_pre_hooks) == 1  # shared, not one per router hook point
+            torch.manual_seed(4)
+            hm.generate(input_ids, **kwargs)
+        assert len(layer._forward_pre_hooks) == 1  # the remaining point still records the shape
+        torch.manual_seed(4)
+        hm.generate(input_ids, **kwargs)
+    assert no_torch_hooks(model)
+    batch, canvas = input_ids.shape[0], model.config.canvas_length
+    for index, name in enumerate(("hook_router_probs", "hook_topk_weights", "hook_topk_idx")):
+        reference = [out[index].view(batch, canvas, -1) for out in probs]
+        expected = reference if name != "hook_topk_idx" else reference + reference
+        assert len(seen[name]) == len(expected), name
+        for tensor, ref in zip(seen[name], expected, strict=True):
+            assert torch.equal(tensor, ref), name

@@ -369,22 +369,56 @@ def heads_view(tensor: torch.Tensor, n_heads: int) -> torch.Tensor:
     return tensor.view(*tensor.shape[:-1], n_heads, tensor.shape[-1] // n_heads)
 
 
-def router_adapter(layer: nn.Module, router: nn.Module, output_index: int):
+class LayerShape:
+    """The ``[batch, pos]`` of a layer's latest input, recorded by one forward pre-hook that the
+    router hook points of the layer share: attached with the first of them, removed with the last
+    (three recorders on one layer would triple a with-kwargs hook call per layer and step)."""
+
+    def __init__(self, layer: nn.Module):
+        self.layer = layer
+        self.shape: torch.Size | None = None
+        self._handle: Any = None
+        self._users = 0
+
+    def _record(self, _module, args, kwargs) -> None:
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        self.shape = hidden.shape
+
+    def acquire(self) -> _Release:
+        if self._users == 0:
+            self._handle = self.layer.register_forward_pre_hook(self._record, with_kwargs=True)
+        self._users += 1
+        return _Release(self)
+
+    def release(self) -> None:
+        self._users -= 1
+        if self._users == 0:
+            self._handle.remove()
+            self._handle, self.shape = None, None
+
+
+class _Release:
+    """A removable handle that releases one user of a :class:`LayerShape` (once)."""
+
+    def __init__(self, owner: LayerShape):
+        self.owner: LayerShape | None = owner
+
+    def remove(self) -> None:
+        if self.owner is not None:
+            self.owner, owner = None, self.owner
+            owner.release()
+
+
+def router_adapter(layer_shape: LayerShape, router: nn.Module, output_index: int):
     """Hook one of the router's outputs (probs, top-k weights, top-k indices), as [batch, pos, ·].
 
-    The router sees flattened tokens; the layer's input shape (recorded by a pre-hook) restores
-    the batch and position axes.
+    The router sees flattened tokens; the layer's input shape (``layer_shape``, shared by the
+    layer's router hook points) restores the batch and position axes.
     """
 
     def attach(hook_point: HookPoint) -> list[Any]:
-        layer_shape: dict[str, torch.Size] = {}
-
-        def record_shape(_module, args, kwargs):
-            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-            layer_shape["shape"] = hidden.shape
-
         def forward_hook(_module, _args, output):
-            batch, pos = layer_shape["shape"][:2]
+            batch, pos = layer_shape.shape[:2]
             flat = output[output_index]
             new = _fire(hook_point, flat.view(batch, pos, flat.shape[-1]))
             if new is None:
@@ -401,10 +435,12 @@ def router_adapter(layer: nn.Module, router: nn.Module, output_index: int):
             parts[output_index] = new.reshape(flat.shape)
             return tuple(parts)
 
-        return [
-            layer.register_forward_pre_hook(record_shape, with_kwargs=True),
-            router.register_forward_hook(forward_hook),
-        ]
+        release = layer_shape.acquire()  # before the router's hook: the shape is set when it fires
+        try:
+            return [release, router.register_forward_hook(forward_hook)]
+        except BaseException:
+            release.remove()
+            raise
 
     return attach
 

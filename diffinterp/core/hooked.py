@@ -241,8 +241,9 @@ class HookedDiffusionGemma(HookedRootModule):
             hp.pattern_adapter(attention), pos_dim=2, on_change=self._pattern_attach_changed
         )
         block.moe = _Container()
+        layer_shape = hp.LayerShape(layer)
         for hook_name, index in _ROUTER_OUTPUTS.items():
-            setattr(block.moe, hook_name, self._point(hp.router_adapter(layer, layer.router, index)))
+            setattr(block.moe, hook_name, self._point(hp.router_adapter(layer_shape, layer.router, index)))
         return block
 
     def setup(self) -> None:
@@ -587,12 +588,16 @@ class HookedDiffusionGemma(HookedRootModule):
             )
             cache.check_budget(estimate, what="the estimated cache for this run")
         if store is None:
-            with self.taps(caching_taps(cache, names, target.positions), steps=steps, blocks=blocks):
+            with self.taps(
+                caching_taps(cache, names, target.positions, where=self.context), steps=steps, blocks=blocks
+            ):
                 trajectory = self.generate(input_ids, **gen_kwargs)
             return trajectory, cache
         with atomic_folder(store) as folder:  # the folder appears whole at the end, or not at all
             cache = StreamedCache(folder, shard_bytes=shard_bytes, dtype=dtype)
-            with self.taps(caching_taps(cache, names, target.positions), steps=steps, blocks=blocks):
+            with self.taps(
+                caching_taps(cache, names, target.positions, where=self.context), steps=steps, blocks=blocks
+            ):
                 trajectory = self.generate(input_ids, **gen_kwargs)
             cache.finish()
         cache.relocate(store)
@@ -688,7 +693,7 @@ class HookedDiffusionGemma(HookedRootModule):
 
 def _element_size(name: str, dtype: torch.dtype | None, model_dtype: torch.dtype) -> int:
     if name.endswith("hook_topk_idx"):
-        return torch.empty((), dtype=torch.long).element_size()
+        return torch.long.itemsize
     if name.endswith(("hook_router_probs", "hook_logits")) and dtype is None:
         return 4  # computed in float32 by the model
-    return torch.empty((), dtype=dtype or model_dtype).element_size()
+    return (dtype or model_dtype).itemsize

@@ -317,26 +317,30 @@ def load_store(folder: str | Path, device=None) -> DenoisingCache:
     return cache
 
 
-def caching_taps(cache: DenoisingCache, names: list[str], positions: tuple[int, ...] | None) -> list[tuple]:
+def caching_taps(cache: DenoisingCache, names: list[str], positions: tuple[int, ...] | None, *, where) -> list[tuple]:
     """Taps (``HookedDiffusionGemma.taps``) that store each activation into ``cache`` under
-    (name, step, block); ``positions`` keeps only those canvas positions of decoder activations."""
+    (name, step, block); ``positions`` keeps only those canvas positions of decoder activations.
+
+    ``where`` is the model's run context (``hm.context``): its ``step`` and ``block`` are read as
+    plain attributes, two calls per activation fewer than the hook point's properties (a
+    full-trajectory cache makes thousands; ``benchmarks/instructions.py``)."""
     cache.positions = positions
     add = cache.add
     if positions is None:
 
         def tap(tensor: torch.Tensor, hook) -> None:
-            add(hook.name, hook.step, hook.block, tensor)
+            add(hook.name, where.step, where.block, tensor)
 
         return [(name, tap) for name in names]
     index_cache: dict[torch.device, torch.Tensor] = {}
 
     def tap_positions(tensor: torch.Tensor, hook) -> None:
-        if hook.stack == "decoder":
+        if where.stack == "decoder":
             dim = hook.pos_dim if hook.pos_dim is not None else 1
             if tensor.device not in index_cache:
                 index_cache[tensor.device] = torch.tensor(positions, device=tensor.device)
             tensor = tensor.index_select(dim, index_cache[tensor.device])
-        add(hook.name, hook.step, hook.block, tensor)
+        add(hook.name, where.step, where.block, tensor)
 
     return [(name, tap_positions) for name in names]
 
