@@ -68,15 +68,52 @@ def compile_helper(folder: Path) -> Path:
     return library
 
 
-def read_dumps(folder: Path) -> dict[str, int]:
-    """label -> instructions, from every callgrind dump in ``folder`` (one per counted call)."""
+# Functions compiled for one vector instruction set: torch's per-ISA kernels (at::native::AVX2::...,
+# Sleef_*avx2) and MKL's (mkl_blas_avx2_*). Under valgrind they are the AVX2 builds.
+VECTOR_KERNEL = re.compile(r"AVX2|avx2")
+
+
+def read_dump(path: Path) -> tuple[str, int, int] | None:
+    """(label, instructions, instructions in vector kernels) of one callgrind dump; None for the
+    dump valgrind writes at exit (no client-request label)."""
+    label = total = None
+    names: dict[str, str] = {}
+    own: dict[str, int] = {}
+    current, after_call = None, False
+    with path.open(errors="replace") as lines:
+        for line in lines:
+            if after_call:  # the cost line after calls= is the callee's inclusive cost, not this function's
+                after_call = False
+                continue
+            if line.startswith("desc: Trigger: Client Request: "):
+                label = line.removeprefix("desc: Trigger: Client Request: ").strip()
+            elif line.startswith(("summary: ", "totals: ")) and total is None:
+                total = int(line.split()[1])
+            elif line.startswith(("fn=", "cfn=")):
+                match = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line.strip())
+                if match.group(2):
+                    names[match.group(1)] = match.group(2)
+                if line.startswith("fn="):
+                    current = match.group(1)
+            elif line.startswith("calls="):
+                after_call = True
+            elif current is not None and line[:1] in "0123456789+-*":
+                parts = line.split()
+                if len(parts) >= 2:
+                    own[current] = own.get(current, 0) + int(parts[1])
+    if label is None or total is None:
+        return None
+    vector = sum(cost for fn, cost in own.items() if VECTOR_KERNEL.search(names.get(fn, "")))
+    return label, total, vector
+
+
+def read_dumps(folder: Path) -> dict[str, tuple[int, int]]:
+    """label -> (instructions, in vector kernels), from every callgrind dump in ``folder``."""
     counts = {}
     for path in sorted(folder.glob("callgrind.out.*")):
-        text = path.read_text(errors="replace")
-        label = re.search(r"^desc: Trigger: Client Request: (.+)$", text, re.M)
-        total = re.search(r"^(?:totals|summary): (\d+)", text, re.M)
-        if label and total:
-            counts[label.group(1).strip()] = int(total.group(1))
+        found = read_dump(path)
+        if found is not None:
+            counts[found[0]] = found[1:]
     return counts
 
 
@@ -185,23 +222,28 @@ def count_in_child(args) -> None:
 # --- outside ---------------------------------------------------------------------------------
 
 
-def summarise(counts: dict[str, int], repeats: int) -> dict:
-    """Per contender: every round's count, the median, the spread; per job: ratio to its floor."""
-    per = {}
+def summarise(counts: dict[str, tuple[int, int]], repeats: int) -> dict:
+    """Per contender: every round's count, the median, the spread, the median in vector kernels;
+    per job: the ratio to its floor, and the same ratio with every vector kernel's count halved
+    (``ratio_if_kernels_halved``: the bare machine's AVX-512 kernels run at most about half the
+    instructions of the AVX2 ones valgrind runs, so the hooks' share of the native work is at most
+    that much larger)."""
+    per: dict[str, list[tuple[int, int]]] = {}
     for label, value in counts.items():
         name, _, _ = label.rpartition(" #")
         per.setdefault(name, []).append(value)
     missing = [name for name, values in per.items() if len(values) != repeats]
     if missing:
         raise SystemExit(f"callgrind dumps missing for {missing}: the child did not finish (see its output)")
-    rows = {
-        name: {
-            "instructions": values,
-            "median": statistics.median(values),
-            "spread": (max(values) - min(values)) / statistics.median(values),
+    rows = {}
+    for name, values in per.items():
+        totals = [total for total, _ in values]
+        rows[name] = {
+            "instructions": totals,
+            "median": statistics.median(totals),
+            "spread": (max(totals) - min(totals)) / statistics.median(totals),
+            "vector_kernels": statistics.median(vector for _, vector in values),
         }
-        for name, values in per.items()
-    }
     for name, row in rows.items():
         group, _, contender = name.partition(": ")
         job = contender.split("/")[0] if "/" in contender else ("patching" if group.startswith("prompts") else None)
@@ -209,6 +251,8 @@ def summarise(counts: dict[str, int], repeats: int) -> dict:
         if floor in rows and floor != name:
             row["vs"] = FLOORS[job]
             row["ratio"] = row["median"] / rows[floor]["median"]
+            halved = rows[floor]["median"] - rows[floor]["vector_kernels"] / 2
+            row["ratio_if_kernels_halved"] = (row["median"] - row["vector_kernels"] / 2) / halved
             row["bar"] = BARS[job]
         if f"{group}: hf_generate" in rows:
             row["vs_hf_generate"] = row["median"] / rows[f"{group}: hf_generate"]["median"]
@@ -238,12 +282,19 @@ def report(rows: dict, calls: dict | None = None) -> None:
             )
         return
     for name, row in rows.items():
-        line = f"{name:<40} {row['median'] / 1e6:12.1f} M instructions (spread {row['spread']:.2%})"
+        line = (
+            f"{name:<40} {row['median'] / 1e6:10.1f} M instructions (spread {row['spread']:.2%}; "
+            f"{row['vector_kernels'] / row['median']:.0%} in vector kernels)"
+        )
         if "vs_hf_generate" in row:
             line += f"   x{row['vs_hf_generate']:.4f} hf_generate"
         if "ratio" in row:
-            verdict = "met" if row["ratio"] <= row["bar"] else "MISSED"
-            line += f"   x{row['ratio']:.4f} {row['vs']} (bar {row['bar']:.2f}: {verdict})"
+            worst = max(row["ratio"], row["ratio_if_kernels_halved"])
+            verdict = "met" if worst <= row["bar"] else "MISSED"
+            line += (
+                f"   x{row['ratio']:.4f} {row['vs']} (x{row['ratio_if_kernels_halved']:.4f} with kernels halved; "
+                f"bar {row['bar']:.2f}: {verdict})"
+            )
         print(line)
 
 
@@ -260,6 +311,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="counted rounds (counts barely move: 2 show it)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None, help="default out/benchmarks/instructions_{bench}.json")
+    parser.add_argument("--keep-dumps", default=None, help="also copy callgrind's dumps into this folder")
+    parser.add_argument("--from-dumps", default=None, help="summarise the dumps kept in this folder; run nothing")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--helper", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -271,9 +324,13 @@ def main() -> None:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         count_in_child(args)
         return
-    if shutil.which("valgrind") is None:
+    if shutil.which("valgrind") is None and args.from_dumps is None:
         raise SystemExit("instructions.py counts under valgrind, which is not installed (apt install valgrind)")
 
+    if args.from_dumps is not None:
+        rows = summarise(read_dumps(Path(args.from_dumps)), args.repeats)
+        finish(args, rows)
+        return
     with tempfile.TemporaryDirectory(prefix="diffinterp-callgrind-") as tmp:
         folder = Path(tmp)
         helper = compile_helper(folder)
@@ -290,7 +347,16 @@ def main() -> None:
         finished = subprocess.run(command, env=env)
         if finished.returncode != 0:
             raise SystemExit(f"the counted run failed (exit {finished.returncode}); its output is above")
+        if args.keep_dumps is not None:
+            kept = Path(args.keep_dumps)
+            kept.mkdir(parents=True, exist_ok=True)
+            for dump in folder.glob("callgrind.out.*"):
+                shutil.copy2(dump, kept / dump.name)
         rows = summarise(read_dumps(folder), args.repeats)
+    finish(args, rows)
+
+
+def finish(args, rows: dict) -> None:
     calls = per_call(rows, args.calls) if args.bench == "hook-call" else None
     report(rows, calls)
     out = Path(args.json or f"out/benchmarks/instructions_{args.bench.replace('-', '_')}.json")

@@ -544,3 +544,23 @@ def test_coupled_runs_align_step_counts_by_continuing_both_runs(small):
     with pytest.raises(ValueError, match="coupled_runs"):
         pt.attribution_patching(hm, clean_cache, corrupt, metric)
     pt.step_layer_sweep(hm, aligned[0], aligned[2], aligned[1], metric, layers=[0])  # aligned: every step
+
+
+def test_runs_sharing_a_patch_equal_loop(runs):
+    """Several runs patching the same (hook, step), whole or at some positions, and joining at
+    different steps: each patch hook call writes the rows of every run it names (the batched
+    engine's multi-run masks) exactly as one generation per run does."""
+    hm, clean, clean_cache, corrupt, _, metric = runs
+    shared = pt.Patch("decoder.blocks.1.hook_resid_post", 2)
+    patched = [
+        [shared],
+        [pt.Patch("decoder.blocks.0.hook_resid_post", 1), shared],
+        [shared, pt.Patch("decoder.blocks.2.hook_resid_post", 3)],
+        [pt.Patch("decoder.blocks.1.hook_resid_post", 2, positions=[0, 3])],
+        [pt.Patch("decoder.blocks.0.hook_resid_post", 1, positions=[2]), shared],
+        [pt.Patch("decoder.blocks.2.hook_resid_post", 3)],  # with run 2: two whole-activation runs at one key
+    ]
+    batched = pt.run_patches(hm, corrupt, clean_cache, patched, metric, replay=clean)
+    loop = pt.run_patches_loop(hm, corrupt, clean_cache, patched, metric, replay=clean)
+    assert torch.allclose(batched, loop, atol=1e-6)
+    assert not torch.equal(batched[0], batched[3])  # positions [0, 3] are not the whole activation

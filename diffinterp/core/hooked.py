@@ -620,13 +620,14 @@ class HookedDiffusionGemma(HookedRootModule):
         block_ids = list(range(n_blocks)) if blocks is None else [b for b in blocks if b < n_blocks]
         layer_types = self.text_config.layer_types
         pattern_numel: dict[tuple[str, str], int] = {}  # (stack, layer type) -> elements summed over blocks
+        model_dtype = self.model.dtype  # a walk over the parameters: read once, not per hook
         total = 0
         for name in names:
             encoder = name.startswith("encoder.")
             count = (0 if steps is not None else 1) if encoder else step_count
             if count == 0 or not block_ids:
                 continue
-            point, element = self.hook_dict[name], _element_size(name, dtype, self.model.dtype)
+            point, element = self.hook_dict[name], _element_size(name, dtype, model_dtype)
 
             def shape(block: int, name: str = name) -> list[int]:
                 key = (name, batch, prompt_len, block)

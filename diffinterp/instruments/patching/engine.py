@@ -94,7 +94,7 @@ class _Patcher:
 
     def __init__(self, hm, source: DenoisingCache, runs: list[list[Patch]], batch: int):
         self.hm, self.source, self.runs, self.batch = hm, source, runs, batch
-        self.rows, self.copies = torch.zeros(0, dtype=torch.long), 0  # set before each forward pass
+        self.set_rows(torch.zeros(0, dtype=torch.long), 0)
         self.table: dict[tuple[str, int, int], list[tuple[int, Patch]]] = {}
         for index, run in enumerate(runs):
             for patch in run:
@@ -113,6 +113,13 @@ class _Patcher:
         if source.positions is not None:
             raise ValueError("the source cache was recorded at selected positions only; record every position to patch")
 
+    def set_rows(self, rows: torch.Tensor, copies: int) -> None:
+        """Before each forward pass: its rows (indices into copies × prompts, copy-major) and the
+        number of runs joined so far; each row's prompt and run are derived here once per pass,
+        not in every hook call."""
+        self.rows, self.copies = rows, copies
+        self.prompt_of_row, self.run_of_row = rows % self.batch, rows // self.batch
+
     @property
     def names(self) -> list[str]:
         return sorted({name for name, _, _ in self.table})
@@ -127,10 +134,11 @@ class _Patcher:
         entries = self.table.get((hook.name, hook.step, hook.block))
         if not entries:
             return None
-        rows, copies = self.rows.to(tensor.device), self.copies
+        copies = self.copies
         entries = [(index, patch) for index, patch in entries if index < copies]
         if not entries:
             return None
+        rows, prompts = self.rows.to(tensor.device), self.prompt_of_row.to(tensor.device)
         source = self.source.get(hook.name, hook.step, hook.block).to(device=tensor.device, dtype=tensor.dtype)
         pos_dim = self.hm.hook_dict[hook.name].pos_dim
         n_pos = tensor.shape[pos_dim]
@@ -139,13 +147,20 @@ class _Patcher:
                 f"source activation of '{hook.name}' at step {hook.step} has shape {list(source.shape)}, but the "
                 f"patched run's is {[self.batch, *tensor.shape[1:]]}: source and target must share batch and prompt length"
             )
+        shape = [rows.numel()] + [1] * (tensor.dim() - 1)
+        if all(patch.positions is None for _, patch in entries):  # whole activations: a mask over rows
+            runs = self.run_of_row.to(tensor.device)
+            if len(entries) == 1:
+                hit = runs == entries[0][0]
+            else:
+                hit = torch.isin(runs, torch.tensor([index for index, _ in entries], device=tensor.device))
+            return torch.where(hit.view(shape), source[prompts], tensor)
         mask = torch.zeros(copies, self.batch, n_pos, dtype=torch.bool, device=tensor.device)
         for index, patch in entries:
             mask[index] |= patch.mask(self.batch, n_pos, tensor.device)
         mask = mask.view(-1, n_pos)[rows]  # [rows, pos]
-        shape = [rows.numel()] + [1] * (tensor.dim() - 1)
         shape[pos_dim] = n_pos
-        return torch.where(mask.view(shape), source[rows % self.batch], tensor)
+        return torch.where(mask.view(shape), source[prompts], tensor)
 
 
 @dataclass
@@ -322,7 +337,7 @@ def _run_group(
                     canvas, finished = rep(recorded.canvas_in, copies), rep(~recorded.active, copies)
                 rows = (~finished).nonzero().flatten() if mode == "free" else torch.arange(total, device=device)
                 prompts = rows % batch
-                patcher.rows, patcher.copies = rows, copies
+                patcher.set_rows(rows, copies)
                 if rows.numel():
                     if prompt_inputs is None or not _same_rows(prompt_inputs[0], prompts):
                         # the prompts' KV cache and masks, gathered for these rows once, not every step
