@@ -336,8 +336,8 @@ def _run_group(
                     recorded = record.steps[step]
                     canvas, finished = rep(recorded.canvas_in, copies), rep(~recorded.active, copies)
                 rows = (~finished).nonzero().flatten() if mode == "free" else torch.arange(total, device=device)
-                prompts = rows % batch
                 patcher.set_rows(rows, copies)
+                prompts = patcher.prompt_of_row  # rows % batch, derived once for the pass and its hooks
                 if rows.numel():
                     if prompt_inputs is None or not _same_rows(prompt_inputs[0], prompts):
                         # the prompts' KV cache and masks, gathered for these rows once, not every step
